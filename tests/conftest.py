@@ -1,0 +1,16 @@
+"""Shared pytest configuration: markers and the repository root."""
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: long end-to-end checks (still part of `make test`)')
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    "The repository root (where settings.ini lives)."
+    return ROOT
