@@ -1,0 +1,328 @@
+"""End-to-end tests of plan-driven papermill sweeps (issue #6): real notebook executions, interruption and
+resume, bad plans, a notebook that lost its `parameters` tag, the submitit executor, the lock."""
+import importlib.util, json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from contrastive_ablations import plans as P
+from contrastive_ablations import sweep as S
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT/'tests'/'assets'
+PLANS = ASSETS/'plans'
+RUN_FILES = ('run.ipynb', 'metrics.json', 'params.json', 'curves.csv', 'run.log', 'run_info.json')
+
+
+def _load_toy():
+    spec = importlib.util.spec_from_file_location('toy_experiment', ASSETS/'toy_experiment.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+TOY = _load_toy()
+
+
+@pytest.fixture(autouse=True)
+def registry():
+    "Register the toy experiment for each test, and restore the registry afterwards."
+    saved = dict(P.EXPERIMENTS)
+    TOY.register()
+    yield
+    P.EXPERIMENTS.clear(); P.EXPERIMENTS.update(saved)
+
+
+def _cli(*args, **kw):
+    "Run the CLI (with the toy registered) in a subprocess."
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))}
+    return subprocess.Popen([sys.executable, str(ASSETS/'toy_cli.py'), *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def check_run_dir(run: S.RunSpec):
+    "Every file of a finished run is there and says what the sweep asked for."
+    d = Path(run.run_dir)
+    for f in RUN_FILES: assert (d/f).exists(), f'{d}: missing {f}'
+    assert not (d/'error.txt').exists()
+    assert S.params_mismatch(run.params, json.loads((d/'params.json').read_text())) == []
+    m = json.loads((d/'metrics.json').read_text())
+    assert m['status'] in ('ok', 'diverged') and 'wall_time_s' in m
+    nb = nbformat.read(d/'run.ipynb', as_version=4)
+    injected = [c for c in nb.cells if 'injected-parameters' in c.metadata.get('tags', [])]
+    assert len(injected) == 1 and f"seed = {run.seed}" in injected[0].source
+    info = json.loads((d/'run_info.json').read_text())
+    assert info['status'] == 'done' and info['notebook_wall_s'] >= info['experiment_wall_s'] >= 0
+    assert S.run_state(run) == 'done'
+
+
+def test_toy_sweep_two_workers_and_failures(tmp_path, capsys, monkeypatch):
+    "A sweep on two workers: every run's files; a failing run keeps its notebook and error and fails the sweep; runs shared by two studies execute once; one GPU per worker."
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '3,5')   # pretend two GPUs (the toy does not use them)
+    out = tmp_path/'runs'
+    files = [PLANS/'toy_x.yaml', PLANS/'toy_fail.yaml', PLANS/'toy_mode.yaml']
+    rc = S.cli_sweep([*files, '--profile', 'smoke', '--seeds', '1', '--workers', '2', '--out', out])
+    text = capsys.readouterr().out
+    print(text)
+    assert rc == 1, 'a failed run must make the sweep exit non-zero'
+    runs = S.expand_runs(P.load_plans(files, profile='smoke', seeds=1), 'smoke', out)
+    assert len(runs) == 4 + 2 + 3   # toy_x: control + 2 values + 1 baseline; toy_fail: control + 1 value; toy_mode: 3
+    assert '9 runs (0 finished before, 7 to run, 2 shared with another study)' in text
+    bad = [r for r in runs if r.params.get('fail')]
+    assert len(bad) == 1
+    for r in runs:
+        if r is not bad[0]: check_run_dir(r)
+    d = Path(bad[0].run_dir)
+    assert (d/'run.ipynb').exists() and 'failure requested' in (d/'error.txt').read_text()
+    assert not (d/'metrics.json').exists() and S.run_state(bad[0]) == 'failed'
+    assert f'FAILED toy_fail/{bad[0].run_id}: RuntimeError: toy experiment: failure requested' in text and 'error.txt' in text
+    assert 'overhead:' in text and '% of notebook wall time was outside training' in text
+    gpus = [json.loads((Path(r.run_dir)/'run_info.json').read_text())['cuda_visible_devices'] for r in runs]
+    assert set(gpus) <= {'3', '5'} and len(set(gpus)) == 2, gpus   # each worker has its own GPU
+    # shared runs: toy_mode's mode=b is toy_x's control (mode b fixed there), its mode=a is toy_fail's control
+    shared = [r for r in runs if r.alias_of]
+    assert [(r.study, r.label, Path(r.alias_of).parent.name) for r in shared] == [('toy_mode', 'mode=a', 'toy_fail'), ('toy_mode', 'mode=b', 'toy_x')]
+    for r in shared: assert Path(r.run_dir).is_symlink() and Path(r.run_dir).resolve() == Path(r.alias_of).resolve()
+    # manifest: plan, versions, machine and every run's state
+    man = json.loads((out/'toy_x'/'manifest.json').read_text())
+    assert man['profile'] == 'smoke' and man['plan']['parameter'] == 'x' and man['libraries']['papermill']
+    assert man['machine']['cpus'] >= 1 and 'commit' in man['git'] and man['package_version']
+    assert sorted(r['state'] for r in man['runs']) == ['done'] * 4
+    assert {r['role'] for r in man['runs']} == {'control', 'ablation', 'baseline'}
+    man = json.loads((out/'toy_mode'/'manifest.json').read_text())
+    assert [r['shared_with'] for r in man['runs'] if r['shared_with']] == [f'../{Path(r.alias_of).parent.name}/{Path(r.alias_of).name}' for r in shared]
+    # the dry run lists every run with its state; a second sweep finds the finished runs and redoes only the failed one
+    rc = S.cli_sweep([*files, '--profile', 'smoke', '--seeds', '1', '--out', out, '--dry-run'])
+    text = capsys.readouterr().out
+    assert rc == 0 and '9 runs: 6 done, 1 failed, 0 to do; 2 shared' in text, text
+    assert all(r.run_id in text for r in runs)
+    mtimes = {r.run_id: os.stat(Path(r.run_dir)/'metrics.json').st_mtime_ns for r in runs if r is not bad[0]}
+    res = S.sweep(files[:1] + files[2:], out=out, profile='smoke', seeds=1, workers=2)
+    assert len(res.skipped) == 6 and not res.done and res.ok
+    assert all(os.stat(Path(r.run_dir)/'metrics.json').st_mtime_ns == mtimes[r.run_id] for r in runs if r is not bad[0])
+    # sweeping toy_mode alone later: the linked run is found finished through the link
+    res = S.sweep([PLANS/'toy_mode.yaml'], out=out, profile='smoke', seeds=1, workers=1)
+    assert len(res.skipped) == 3 and not res.done
+    # ... and when the study that held it is deleted, the dangling link is replaced by a run of its own
+    shutil.rmtree(out/'toy_x')
+    res = S.sweep([PLANS/'toy_mode.yaml'], out=out, profile='smoke', seeds=1, workers=1)
+    assert res.ok and len(res.done) == 1 and len(res.skipped) == 2
+    r = next(r for r in res.runs if r.label == 'mode=b')
+    assert not Path(r.run_dir).is_symlink() and S.run_state(r) == 'done'
+
+
+def test_values_reach_the_notebook_as_literals(tmp_path):
+    "A string that looks like code is injected as a Python string literal, never executed."
+    evil = "x'); open('PWNED', 'w').write('x'); ('"
+    plan = P.Plan('toy_lit', 'toy', 'mode', ['b'], 'a', ['top1'], [0], fixed={'device': evil}, source='test')
+    plan = P.validate_plan(plan, 'smoke')
+    run = S.expand_runs([plan], 'smoke', tmp_path)[0]
+    info = S.execute_run(run, threads=1)
+    assert info['status'] == 'done', info
+    used = json.loads((Path(run.run_dir)/'params.json').read_text())
+    assert used['device'] == evil and not (Path(run.run_dir)/'PWNED').exists() and not (ROOT/'PWNED').exists()
+
+
+def test_yaml_cannot_construct_objects(tmp_path):
+    p = tmp_path/'evil.yaml'
+    p.write_text("study: !!python/object/apply:os.system ['touch PWNED']\n")
+    with pytest.raises(P.PlanError, match='evil.yaml: is not valid YAML'): P.load_plans(p)
+    assert not Path('PWNED').exists() and not (tmp_path/'PWNED').exists()
+
+
+BAD_PLANS = [   # (change to toy_x.yaml, expected field in the message)
+    (lambda t: t.replace('values: [0.1, 0.5]', 'values: [0.1, 1.5]'), "field 'values[1]'", 'out of range'),
+    (lambda t: t.replace('values: [0.1, 0.5]', 'values: [0.1, big]'), "field 'values[1]'", 'not a number'),
+    (lambda t: t.replace('parameter: x', 'parameter: y'), "field 'parameter'", "'y' is not a parameter"),
+    (lambda t: t.replace('control: 0.3', ''), "field 'control'", 'is missing'),
+    (lambda t: t.replace('values: [0.1, 0.5]', 'values: [0.1, 0.5'), None, 'not valid YAML at line'),
+    (lambda t: t.replace('mode: b', 'mode: c'), "field 'fixed'", "'mode' = 'c' is not a known value"),
+    (lambda t: t.replace('{flag: false}', '{flag: maybe}'), "field 'baselines[0]'", 'not a boolean'),
+    (lambda t: t.replace('mode: b', 'seed: 3'), "field 'fixed'", 'set by the sweep'),
+    (lambda t: t.replace('seeds: 2', 'seeds: 0'), "field 'seeds'", 'at least 1'),
+    (lambda t: t.replace('notebook: toy_experiment.ipynb', 'notebook: ../../evil.ipynb'), "field 'notebook'", 'not a registered'),
+]
+
+@pytest.mark.parametrize('change,field,why', BAD_PLANS)
+def test_bad_plans_name_file_and_field(tmp_path, capsys, change, field, why):
+    "A malformed or out-of-domain plan stops before anything runs, naming the file and the field."
+    p = tmp_path/'plan.yaml'
+    p.write_text(change((PLANS/'toy_x.yaml').read_text()))
+    rc = S.cli_sweep([p, '--profile', 'smoke', '--out', tmp_path/'runs'])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert f'{p}:' in err and (field is None or field in err) and why in err, err
+    assert not (tmp_path/'runs').exists(), 'nothing may run (or be created) for a bad plan'
+
+
+def test_bad_cli_input(tmp_path, capsys):
+    assert S.cli_sweep([PLANS/'toy_x.yaml', '--study', 'nope', '--out', tmp_path]) == 2
+    assert "no study nope" in capsys.readouterr().err
+    assert S.cli_sweep([tmp_path/'missing.yaml', '--out', tmp_path]) == 2
+    assert 'missing.yaml: no such plan file' in capsys.readouterr().err
+    with pytest.raises(SystemExit): S.cli_sweep([PLANS/'toy_x.yaml', '--profile', 'huge'])
+
+
+def _toy_variant(tmp_path, name, untag=False, override=None) -> Path:
+    "A copy of the toy notebook whose parameters cell lost its tag, or that overwrites a parameter after it."
+    nb = nbformat.read(ASSETS/'toy_experiment.ipynb', as_version=4)
+    if untag:   # as an over-eager notebook cleaner does
+        for c in nb.cells: c.metadata.pop('tags', None)
+    if override:
+        i = next(i for i, c in enumerate(nb.cells) if 'parameters' in c.metadata.get('tags', []))
+        nb.cells.insert(i + 1, nbformat.v4.new_code_cell(override))
+    path = tmp_path/f'{name}.ipynb'
+    nbformat.write(nb, path)
+    P.register_experiment(name, path, TOY.PARAMS, P.EXPERIMENTS['toy'].metrics)
+    plan_file = tmp_path/f'{name}.yaml'
+    plan_file.write_text((PLANS/'toy_x.yaml').read_text().replace('toy_experiment.ipynb', name).replace('study: toy_x', f'study: {name}'))
+    return plan_file
+
+
+def test_lost_parameters_tag(tmp_path, capsys):
+    "Without the tag papermill silently runs the defaults: the sweep refuses the notebook, and the run check catches it."
+    plan_file = _toy_variant(tmp_path, 'toy_untagged', untag=True)
+    assert S.cli_sweep([plan_file, '--profile', 'smoke', '--out', tmp_path/'runs']) == 2
+    err = capsys.readouterr().err
+    assert "field 'notebook'" in err and "no cell tagged 'parameters'" in err
+    # the check after every run: execute the untagged notebook anyway (bypassing the pre-check)
+    plan = P.load_plans(plan_file, profile='smoke', seeds=1)[0]
+    run = [r for r in S.expand_runs([plan], 'smoke', tmp_path/'runs') if r.params['x'] == 0.1][0]
+    info = S.execute_run(run, threads=1)
+    d = Path(run.run_dir)
+    assert info['status'] == 'failed' and 'without writing params.json and metrics.json' in info['error']
+    err = (d/'error.txt').read_text()
+    assert "has NO cell tagged 'parameters'" in err
+    assert not (d/'metrics.json').exists() and (d/'run.ipynb').exists() and S.run_state(run) == 'failed'
+
+
+def test_params_json_checked_against_injected(tmp_path):
+    "A notebook that writes its results but ignored an injected value fails the run loudly."
+    plan_file = _toy_variant(tmp_path, 'toy_override', override='x = 0.3  # ignores the injected value')
+    res = S.sweep([plan_file], out=tmp_path/'runs', profile='smoke', seeds=1, workers=2)
+    bad = [r for r in res.runs if r.params['x'] != 0.3]
+    assert set(res.failed) == {r.run_id for r in bad} and len(bad) == 2
+    for r in bad:
+        d = Path(r.run_dir)
+        assert f"x: injected {r.params['x']}, notebook used 0.3" in (d/'error.txt').read_text()
+        assert not (d/'metrics.json').exists() and (d/'metrics.rejected.json').exists() and S.run_state(r) == 'failed'
+
+
+def _wait_for(cond, timeout, proc=None):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond(): return True
+        if proc is not None and proc.poll() is not None: return False
+        time.sleep(0.2)
+    return False
+
+
+def _sweep_until_one_more_done(out, runs, sig):
+    "Start a sweep of toy_slow on one worker; send `sig` as soon as one more run has finished."
+    before = sum(S.run_state(r) == 'done' for r in runs)
+    proc = _cli('sweep', PLANS/'toy_slow.yaml', '--profile', 'smoke', '--workers', '1', '--out', out)
+    try:
+        assert _wait_for(lambda: sum(S.run_state(r) == 'done' for r in runs) > before, 120, proc), proc.communicate()
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None: proc.kill(); proc.wait()
+    assert proc.returncode == (130 if sig == signal.SIGTERM else -signal.SIGKILL), (stdout, stderr)
+    if sig == signal.SIGTERM: assert 'run the same command again' in stderr
+    time.sleep(1.5)   # an orphaned kernel notices its dead parent within a second
+    return stdout
+
+
+@pytest.mark.slow
+def test_interrupt_and_resume(tmp_path):
+    "Kill sweeps (SIGTERM as Ctrl-C/kill do, then SIGKILL) after a run finished; the next invocation completes the sweep without recomputing finished runs."
+    out = tmp_path/'runs'
+    plan = P.load_plans(PLANS/'toy_slow.yaml', profile='smoke')[0]
+    runs = S.expand_runs([plan], 'smoke', out)
+    _sweep_until_one_more_done(out, runs, signal.SIGTERM)
+    done1 = [r for r in runs if S.run_state(r) == 'done']
+    assert 1 <= len(done1) < len(runs), [S.run_state(r) for r in runs]
+    mtimes = {r.run_id: os.stat(Path(r.run_dir)/'metrics.json').st_mtime_ns for r in done1}
+    stdout = _sweep_until_one_more_done(out, runs, signal.SIGKILL)
+    assert f'({len(done1)} finished before' in stdout
+    done2 = [r for r in runs if S.run_state(r) == 'done']
+    assert len(done1) < len(done2) < len(runs), [S.run_state(r) for r in runs]
+    mtimes.update({r.run_id: os.stat(Path(r.run_dir)/'metrics.json').st_mtime_ns for r in done2})
+    proc = _cli('sweep', PLANS/'toy_slow.yaml', '--profile', 'smoke', '--workers', '2', '--out', out)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, (stdout, stderr)
+    assert f'{len(done2)} finished before, {len(runs) - len(done2)} to run' in stdout
+    for r in runs: check_run_dir(r)
+    for r in done2: assert os.stat(Path(r.run_dir)/'metrics.json').st_mtime_ns == mtimes[r.run_id], 'a finished run was recomputed'
+    assert not list(out.glob('*/*/.run.partial.ipynb')), 'a partial notebook was left behind'
+
+
+def test_submitit_local_executor(tmp_path):
+    "The submitit path (what Slurm uses), through submitit's LocalExecutor."
+    pytest.importorskip('submitit')
+    out = tmp_path/'runs'
+    res = S.sweep([PLANS/'toy_mode.yaml'], out=out, profile='smoke', workers=2, executor='submitit-local')
+    assert res.ok and len(res.done) == len(res.runs) == 3
+    for r in res.runs: check_run_dir(r)
+    assert (out/'.submitit').is_dir()
+
+
+def test_slurm_without_cluster(tmp_path, capsys):
+    "Asking for Slurm where there is none is a clear usage error, before any run starts."
+    if shutil.which('srun'): pytest.skip('this machine has Slurm')
+    rc = S.cli_sweep([PLANS/'toy_mode.yaml', '--executor', 'slurm', '--partition', 'gpu', '--profile', 'smoke', '--out', tmp_path])
+    assert rc == 2 and 'needs a Slurm cluster' in capsys.readouterr().err
+    assert not any(p.is_dir() for p in (tmp_path/'toy_mode').iterdir())
+
+
+def test_lock(tmp_path, capsys):
+    "Two sweeps into the same study directory at once: the second stops with a clear message."
+    out = tmp_path/'runs'
+    holder = subprocess.Popen([sys.executable, '-c',
+        'import sys, time; sys.path.insert(0, sys.argv[1]); from contrastive_ablations.sweep import StudyLock\n'
+        'l = StudyLock(sys.argv[2]).acquire(); print("locked", flush=True); time.sleep(60)', str(ROOT), str(out/'toy_x')],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        rc = S.cli_sweep([PLANS/'toy_x.yaml', '--profile', 'smoke', '--out', out])
+        err = capsys.readouterr().err
+        assert rc == 3 and 'another sweep is already writing into' in err and f'pid {holder.pid}' in err, err
+    finally:
+        holder.kill(); holder.wait()
+    assert not [p for p in (out/'toy_x').iterdir() if p.is_dir()], 'no run may start while the lock is held'
+    with S.StudyLock(out/'toy_x'): pass   # released when its holder dies
+
+
+# ---- the real experiment notebooks (skipped until contrastive_ablations.ickd / .clel and ablation_nbs/ exist) ----
+
+def _real(name):
+    pytest.importorskip(f'contrastive_ablations.{name}')
+    if not (ROOT/'ablation_nbs'/f'{name}.ipynb').exists(): pytest.skip(f'ablation_nbs/{name}.ipynb not written yet')
+
+
+def test_markdown_and_yaml_plans_agree():
+    "The seed plans in markdown and the shipped YAML plans give the same runs (same ids, same directories)."
+    _real('ickd'); _real('clel')
+    md = P.load_plans(sorted((ASSETS/'seeds').glob('*.txt')), profile='smoke', seeds=2)
+    ym = P.load_plans(sorted((ROOT/'plans').glob('*.yaml')), profile='smoke', seeds=2)
+    ids = lambda plans: sorted(r.run_id for r in S.expand_runs(plans, 'smoke', 'runs'))
+    assert ids(md) == ids(ym) and len(ids(ym)) == 2 * (7 + 7 + 4 + 2)
+
+
+@pytest.mark.slow
+def test_real_smoke_sweep(tmp_path, capsys):
+    "A smoke-profile sweep of a δ plan and a framework plan through papermill on 2 workers."
+    _real('ickd'); _real('clel')
+    out = tmp_path/'runs'
+    files = [PLANS/'smoke_ickd_margin.yaml', PLANS/'smoke_clel_framework.yaml']
+    rc = S.cli_sweep([*files, '--profile', 'smoke', '--workers', '2', '--out', out])
+    text = capsys.readouterr().out
+    print(text)
+    assert rc == 0, text
+    runs = S.expand_runs(P.load_plans(files, profile='smoke'), 'smoke', out)
+    assert len(runs) == 4
+    for r in runs:
+        check_run_dir(r)
+        m = json.loads((Path(r.run_dir)/'metrics.json').read_text())
+        keys = P.select_metric_keys({k: v.pattern for k, v in P.find_experiment(r.notebook).metrics.items()}, m)
+        assert all(keys.values()), f'{r.run_id}: no metrics.json key for {keys}'
+    assert (out/'clel_framework'/'manifest.json').exists() and 'overhead:' in text
