@@ -13,7 +13,8 @@ import torch
 
 from contrastive_ablations.core import ParameterError, validate_params
 from contrastive_ablations.data import DATASETS
-from contrastive_ablations.ebm import base_ebm, count_params
+from contrastive_ablations.ebm import base_ebm
+from contrastive_ablations.networks import count_parameters
 from contrastive_ablations.contrastive import create_framework
 from contrastive_ablations.clel import (PARAMS, CURVE_COLUMNS, CLEL_FRAMEWORKS, profile_config, build_trainer,
                                         run_experiment)
@@ -30,7 +31,7 @@ def test_paper_profile_networks():
     assert (cfg.ebm_arch, cfg.encoder_arch, cfg.sgld_steps, cfg.sgld_step_size, cfg.sgld_noise) == ('base', 'resnet18', 60, 100.0, 0.001)
     assert (cfg.batch_size, cfg.iterations, cfg.buffer_size, cfg.reinit_prob, cfg.ebm_lr) == (64, 100_000, 10_000, 0.001, 1e-4)
     ebm = base_ebm(3, 128)
-    assert 6.5e6 < count_params(ebm) < 7.5e6
+    assert 6.5e6 < count_parameters(ebm) < 7.5e6
     enc = create_framework('simclr', 3, 32, 128, 'resnet18')
     assert 11e6 < sum(p.numel() for p in enc.backbone.parameters()) < 11.5e6   # ResNet-18 (CIFAR stem)
 
