@@ -305,7 +305,7 @@ def test_markdown_and_yaml_plans_agree():
     md = P.load_plans(sorted((ASSETS/'seeds').glob('*.txt')), profile='smoke', seeds=2)
     ym = P.load_plans(sorted((ROOT/'plans').glob('*.yaml')), profile='smoke', seeds=2)
     ids = lambda plans: sorted(r.run_id for r in S.expand_runs(plans, 'smoke', 'runs'))
-    assert ids(md) == ids(ym) and len(ids(ym)) == 2 * (7 + 7 + 4 + 2)
+    assert ids(md) == ids(ym) and len(ids(ym)) == 2 * (7 + 7 + 5 + 2)  # values + control + baselines
 
 
 @pytest.mark.slow
