@@ -12,12 +12,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import Param, ParameterError, validate_params
+from .experiments import FRAMEWORKS  # the self-supervised methods CLEL can be paired with
 
 # %% auto #0
-__all__ = ['ARCHS', 'HEAD_HIDDEN', 'MAE_SIZES', 'FRAMEWORKS', 'SmallConvNet', 'ResNet18Cifar', 'mlp_head', 'make_backbone',
-           'nt_xent_loss', 'info_nce_loss', 'FeatureQueue', 'ema_update_', 'byol_loss', 'cosine_momentum', 'patchify',
-           'unpatchify', 'random_patch_mask', 'mae_loss', 'sincos_pos_embed', 'TinyMAE', 'ContrastiveFramework',
-           'SimCLR', 'MoCo', 'BYOL', 'MAE', 'create_framework']
+__all__ = ['ARCHS', 'HEAD_HIDDEN', 'MAE_SIZES', 'SmallConvNet', 'ResNet18Cifar', 'mlp_head', 'make_backbone', 'nt_xent_loss',
+           'info_nce_loss', 'FeatureQueue', 'ema_update_', 'byol_loss', 'cosine_momentum', 'patchify', 'unpatchify',
+           'random_patch_mask', 'mae_loss', 'sincos_pos_embed', 'TinyMAE', 'ContrastiveFramework', 'SimCLR', 'MoCo',
+           'BYOL', 'MAE', 'create_framework']
 
 # %% ../nbs/22_contrastive.ipynb #39afbaf4
 def _standardise(x: torch.Tensor) -> torch.Tensor:
@@ -268,8 +269,6 @@ class TinyMAE(nn.Module):
         return self.decoder_pred(self.decoder_norm(t))
 
 # %% ../nbs/22_contrastive.ipynb #5d7ae788
-FRAMEWORKS = ('simclr', 'byol', 'moco', 'mae')  # the self-supervised methods CLEL can be paired with
-
 class ContrastiveFramework(nn.Module):
     "Base class: a self-supervised encoder that gives CLEL its latent directions."
     name: str = ''
