@@ -5,7 +5,7 @@
 # %% ../nbs/24_clel_metrics.ipynb #cddbeffb
 from __future__ import annotations
 import hashlib, logging, os, socket, time, urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 

@@ -5,7 +5,6 @@
 # %% ../nbs/22_contrastive.ipynb #5bbf14be
 from __future__ import annotations
 import copy, math
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -285,7 +284,7 @@ class ContrastiveFramework(nn.Module):
             raise ValueError(f"parameter '{what}' has shape {shape}; expected [B, {self.in_channels}, "
                              f"{self.image_size}, {self.image_size}] images in [0,1]")
 
-    def _check_generated(self, g, batch):
+    def _check_generated(self, g):
         if g is None: return None
         if not torch.is_tensor(g) or g.dim() != 2 or g.shape[1] != self.latent_dim:
             shape = tuple(g.shape) if torch.is_tensor(g) else type(g).__name__
@@ -304,7 +303,7 @@ class ContrastiveFramework(nn.Module):
         "(scalar loss, dict of floats) for two views [B,C,H,W] and optional generated directions [M, latent_dim]."
         self._check_images(view1, 'view1'); self._check_images(view2, 'view2')
         if view1.shape != view2.shape: raise ValueError(f"parameters 'view1' {tuple(view1.shape)} and 'view2' {tuple(view2.shape)} differ in shape")
-        return self._loss(view1, view2, self._check_generated(generated, len(view1)))
+        return self._loss(view1, view2, self._check_generated(generated))
 
     @torch.no_grad()
     def after_step(self):

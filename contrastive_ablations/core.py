@@ -4,8 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #6d3feb36
 from __future__ import annotations
-import contextlib, difflib, fcntl, json, math, os, random, sys, tempfile, time
-from dataclasses import dataclass, field, replace
+import contextlib, difflib, fcntl, json, math, os, random, sys, tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 

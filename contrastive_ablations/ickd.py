@@ -24,7 +24,7 @@ from .ickd_losses import IntraClassCriterion, student_losses
 # %% auto #0
 __all__ = ['CURVE_COLUMNS', 'ICKDConfig', 'profile_config', 'ema', 'loss_volatility', 'epochs_to_frac', 'val_auc',
            'feature_stats', 'make_criterion', 'teacher_step_fn', 'student_step_fn', 'train_teacher', 'train_student',
-           'role_curves', 'role_metrics', 'resolve_config', 'run_experiment', 'run', 'plot_curves']
+           'role_curves', 'role_metrics', 'resolve_config', 'load_splits', 'run_experiment', 'run', 'plot_curves']
 
 # %% ../nbs/11_ickd.ipynb #7e1ca525
 @dataclass
@@ -127,7 +127,7 @@ def _optim(params, cfg: ICKDConfig, epochs: int, steps_per_epoch: int):
     else: f = lambda s: cfg.lr_decay ** sum(s >= m * steps_per_epoch for m in cfg.milestones)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, f)
 
-def _eval_fn(model, val, cfg, steps_per_eval, steps_per_epoch):
+def _eval_fn(model, val, steps_per_eval, steps_per_epoch):
     "Validation accuracy (%) at each (sub-)epoch end, with the fractional data epoch."
     def ev(e):
         acc = accuracy(model, val, None) * 100
@@ -146,7 +146,7 @@ def _fit(step_fn, model, train, val, cfg, epochs, opt, sched, seed, desc, progre
     k, per_eval = _layout(len(train), cfg)
     spe = per_eval * k
     model.train()
-    res = fit(step_fn, loader, epochs * k, [opt], [sched], eval_fn=_eval_fn(model, val, cfg, per_eval, spe),
+    res = fit(step_fn, loader, epochs * k, [opt], [sched], eval_fn=_eval_fn(model, val, per_eval, spe),
               steps_per_epoch=per_eval, progress=progress, desc=desc)
     return res, spe
 
@@ -239,18 +239,10 @@ def _roles(p):
     if p['with_controls']: roles += [('vanilla_', {'lam': 0.}), ('nogate_', {'gate': 'none'})]
     return roles
 
-# %% ../nbs/11_ickd.ipynb #dfe3d7fa
-def _nan_metrics(role: str) -> dict:
-    "NaN for every declared metric of a role that was not trained."
-    return {m.name: float('nan') for m in ICKD.metrics if m.name.startswith(f'{role}_')}
-
-def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame, dict]:
-    "Train teacher(s) and student(s) as `params` say; return (metrics, curves, extras)."
-    p = ICKD.validate(params)
-    cfg = resolve_config(p)
-    device = get_device(p['device'])
-    t0 = time.time()
-    train = load_dataset(cfg.dataset, 'train', download=p['download'])   # a missing dataset stops here, before any training
+# %% ../nbs/11_ickd.ipynb #e955b94a
+def load_splits(cfg: ICKDConfig, p: dict, device) -> tuple:
+    "(train, validation, test, analysis) sets of a run on `device`, subsampled as the profile says."
+    train = load_dataset(cfg.dataset, 'train', download=p['download'])
     test = load_dataset(cfg.dataset, 'test', download=p['download'])
     if cfg.n_train: train = train.subset(min(cfg.n_train, len(train)), seed=p['seed'])
     if cfg.n_test: test = test.subset(min(cfg.n_test, len(test)), seed=0)
@@ -258,8 +250,21 @@ def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame,
     train, test, val = train.to(device), test.to(device), val.to(device)
     if len(train) < cfg.batch_size:
         raise ParameterError(f"parameter 'batch_size' = {cfg.batch_size} is larger than the training set ({len(train)} images)")
+    return train, val, test, test.subset(min(cfg.n_analysis, len(test)), seed=0)
+
+def _nan_metrics(role: str) -> dict:
+    "NaN for every declared metric of a role that was not trained."
+    return {m.name: float('nan') for m in ICKD.metrics if m.name.startswith(f'{role}_')}
+
+# %% ../nbs/11_ickd.ipynb #dfe3d7fa
+def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame, dict]:
+    "Train teacher(s) and student(s) as `params` say; return (metrics, curves, extras)."
+    p = ICKD.validate(params)
+    cfg = resolve_config(p)
+    device = get_device(p['device'])
+    t0 = time.time()
+    train, val, test, ana = load_splits(cfg, p, device)   # a missing dataset stops here, before any training
     n_classes = len(train.classes)
-    ana = test.subset(min(cfg.n_analysis, len(test)), seed=0)
     metrics, curves, extras = {}, [], {'config': asdict(cfg), 'models': {}, 'results': {},
                                        'n_params': {}, 'device': str(device)}
     status = 'ok'

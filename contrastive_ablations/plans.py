@@ -88,15 +88,10 @@ class Plan:
 
 def _fmt(v) -> str: return str(v)
 
-# %% ../nbs/30_plans.ipynb #7861dc00
-def validate_plan(plan:Plan, profile:str='quick') -> Plan:
-    "Check `plan` against its experiment; return it with values coerced to the parameters' types."
+# %% ../nbs/30_plans.ipynb #8e323286
+def _check_parameter(plan:Plan, exp:Experiment):
+    "The ablated parameter is a knob of `exp` that a plan may vary; sweep-owned parameters are not fixed."
     f = plan.source
-    if not isinstance(plan.study, str) or not _STUDY_RE.match(plan.study) or '..' in plan.study:
-        raise PlanError(f, 'study', f'{plan.study!r} is not a valid study name (letters, digits, _ . -)')
-    try: check_profile(profile)
-    except ParameterError as e: raise PlanError(f, 'profile', str(e)) from None
-    exp = find_experiment(plan.notebook, f)
     specs = exp.knobs
     if plan.parameter not in specs:
         raise PlanError(f, 'parameter', f'{plan.parameter!r} is not a parameter of {exp.notebook}; known: {", ".join(sorted(specs))}')
@@ -111,6 +106,17 @@ def validate_plan(plan:Plan, profile:str='quick') -> Plan:
         if bad: raise PlanError(f, name, f'{", ".join(bad)} is set by the sweep (--seeds, --profile, --out), not by a plan')
     if plan.parameter in plan.fixed:
         raise PlanError(f, 'fixed', f'the ablated parameter {plan.parameter!r} cannot also be fixed')
+
+# %% ../nbs/30_plans.ipynb #7861dc00
+def validate_plan(plan:Plan, profile:str='quick') -> Plan:
+    "Check `plan` against its experiment; return it with values coerced to the parameters' types."
+    f = plan.source
+    if not isinstance(plan.study, str) or not _STUDY_RE.match(plan.study) or '..' in plan.study:
+        raise PlanError(f, 'study', f'{plan.study!r} is not a valid study name (letters, digits, _ . -)')
+    try: check_profile(profile)
+    except ParameterError as e: raise PlanError(f, 'profile', str(e)) from None
+    exp = find_experiment(plan.notebook, f)
+    _check_parameter(plan, exp)
     base = dict(seed=0, profile=profile)
     def check(field_name, params):
         try: return exp.validate({**base, **params})
@@ -158,6 +164,7 @@ def _baselines(v, file) -> list:
         out.append(Baseline(str(label) if label else '_'.join(f'{k}={_fmt(x)}' for k, x in params.items()), dict(params)))
     return out
 
+# %% ../nbs/30_plans.ipynb #fda3cb0d
 def plan_from_dict(d, file='<plan>') -> Plan:
     "Build a `Plan` from parsed YAML, checking the structure (field presence and shapes)."
     if not isinstance(d, dict): raise PlanError(file, None, f'expected a mapping of plan fields, got {type(d).__name__}')
@@ -200,6 +207,7 @@ def fix_mojibake(text:str) -> str:
         return s
     return _MOJIBAKE.sub(fix, text)
 
+# %% ../nbs/30_plans.ipynb #1202de9c
 def all_parts() -> list:
     "The plain-language parts of every registered experiment."
     return [p for e in EXPERIMENTS.values() for p in e.parts]
@@ -270,6 +278,7 @@ def parse_markdown_sections(text:str) -> list:
     if fields: sections.append((title, fields))
     return sections
 
+# %% ../nbs/30_plans.ipynb #53514834
 def _as_list(v) -> list:
     if isinstance(v, list): return v
     return [s.strip() for s in re.split(r'[,;]', v) if s.strip()]

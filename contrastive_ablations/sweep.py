@@ -9,7 +9,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .core import (LockedError, atomic_write_text, file_lock, package_root, read_json,
+from .core import (PROFILES, LockedError, atomic_write_text, file_lock, package_root, read_json,
                                         same_value)
 
 # Nothing heavy at import time: worker processes import this module, and importing the plans (and
@@ -610,7 +610,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='contrastive-ablations sweep', description='Run ablation plans through papermill.')
     p.add_argument('plans', nargs='+', help='plan files: plans/*.yaml or markdown "Ablation Plan"s')
     p.add_argument('--study', action='append', help='only this study (repeat, or comma-separate)')
-    p.add_argument('--profile', default='quick', choices=('smoke', 'quick', 'paper'), help='scale profile (default quick)')
+    p.add_argument('--profile', default='quick', choices=PROFILES, help='scale profile (default quick)')
     p.add_argument('--seeds', type=int, help="number of seeds (overrides the plans' seeds)")
     p.add_argument('--out', default='runs', help='output directory (default runs)')
     p.add_argument('--workers', type=int, help='parallel runs (default: one per GPU, else cores/2)')
