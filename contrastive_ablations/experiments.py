@@ -17,7 +17,7 @@ __all__ = ['FASHION_CLASSES', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES', 'DIGIT_CLAS
            'ICKD_BASELINES', 'FASHION', 'ICKD', 'FRAMEWORKS', 'CLEL_FRAMEWORKS', 'BUFFER_AUGMENTS', 'CLEL_KNOBS',
            'CLEL_PROFILES', 'OOD_PLANS', 'OOD_LABELS', 'CLEL_METRICS', 'CLEL', 'EXPERIMENTS', 'METRIC_ALIASES',
            'DatasetInfo', 'Metric', 'Baseline', 'Part', 'Experiment', 'check_injected', 'parameters_cell',
-           'template_problems']
+           'template_problems', 'write_parameters_cell']
 
 # %% ../nbs/04_experiments.ipynb #0ae1ccf0
 FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
@@ -350,3 +350,15 @@ def template_problems(exp: Experiment, path=None) -> list:
     out += [f'{path}: {k!r} defaults to {found[k]!r} in the parameters cell, {p.default!r} in the declaration'
             for k, p in exp.knobs.items() if k in found and found[k] != p.default]
     return out
+
+def write_parameters_cell(exp: Experiment, path=None) -> Path:
+    "Rewrite the template's parameters cell from the declarations (after a knob was added or changed)."
+    from contrastive_ablations.core import atomic_write_text, read_json
+    path = Path(path or exp.notebook_path())
+    _parameters_source(path)   # exactly one tagged cell
+    nb = read_json(path)
+    cell = next(c for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', []))
+    lines = parameters_cell(exp).split('\n')
+    cell['source'] = [l + '\n' for l in lines[:-1]] + lines[-1:]
+    atomic_write_text(path, json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + '\n')
+    return path
