@@ -330,6 +330,7 @@ def parameters_cell(exp: Experiment) -> str:
         lines.append(f'{lhs:<34} # {p.doc}; {p.domain()}')
     return '\n'.join(lines)
 
+# %% ../nbs/04_experiments.ipynb #fc22a6f0
 def _parameters_source(path) -> str:
     from contrastive_ablations.core import read_json
     cells = [c for c in read_json(path)['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
