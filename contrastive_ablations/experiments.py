@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_experiments.ipynb #47e16e44
 from __future__ import annotations
-import ast, difflib, json, types
+import ast, difflib, json, re, types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,13 +309,14 @@ METRIC_ALIASES = {'top-1 accuracy': 'top1', 'top1 accuracy': 'top1', 'top-1': 't
 
 # %% ../nbs/04_experiments.ipynb #aa59774b
 _IPYTHON_NAMES = {'In', 'Out', 'get_ipython', 'exit', 'quit', 'open'}
+_IPYTHON_PRIVATE = re.compile(r'_+|_i{1,3}|_i?\d+|_[oid]h|__\w+__')   # _, __, _i, _i3, _3, _oh, __name__, ...
 
 def check_injected(namespace: dict,    # the template's globals() after the parameters cells
                    experiment: str,    # a name of EXPERIMENTS
                    where: str = '',    # error prefix, e.g. the template's path
                   ) -> dict:
     "The checked parameters of a template run; an injected name that is not a knob is refused."
-    values = {k: v for k, v in namespace.items() if not k.startswith('_') and k not in _IPYTHON_NAMES
+    values = {k: v for k, v in namespace.items() if not _IPYTHON_PRIVATE.fullmatch(k) and k not in _IPYTHON_NAMES
               and not isinstance(v, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type))}
     return EXPERIMENTS[experiment].validate(values, where)
 
