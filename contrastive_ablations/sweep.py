@@ -534,7 +534,12 @@ def slurm_job(spec:dict, force:bool, threads:int, time_min:int) -> dict:
         raise SlurmTimeLimit(f'the Slurm job reached its time limit (--time {time_min} min); '
                              'run the sweep again with a longer --time')
     signal.signal(signal.SIGUSR2, near_limit)   # instead of submitit's handler, which fails the job without saying why
-    return execute_run(spec, force, threads, None)
+    info = execute_run(spec, force, threads, None)
+    if info.get('status') != 'skipped':   # which job ran it: its log is .submitit/<job>/
+        task = os.environ.get('SLURM_ARRAY_TASK_ID')
+        info['slurm_job'] = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{task}" if task else os.environ.get('SLURM_JOB_ID')
+        atomic_write_text(Path(spec['run_dir'])/'run_info.json', json.dumps(info, indent=2, sort_keys=True, default=str))
+    return info
 
 SLURM_ENDED = ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'PREEMPTED', 'OUT_OF_MEMORY', 'BOOT_FAIL', 'DEADLINE')
 SLURM_WHY = {'CANCELLED': 'was cancelled (scancel)', 'TIMEOUT': 'was killed at its time limit',
