@@ -558,6 +558,7 @@ def record_job_failure(spec:RunSpec, message:str) -> dict:
     info = dict(run_id=spec.run_id, study=spec.study, role=spec.role, label=spec.label, seed=spec.seed,
                 status='failed', error=message.splitlines()[0][:300], finished=time.time())
     if not d.is_dir(): return info   # the job never started: nothing to keep
+    info = {**(_read(d/'run_info.json') or {}), **info}   # keep what the run recorded (timings, host)
     if (d/PARTIAL).exists(): os.replace(d/PARTIAL, d/'run.ipynb')
     old = (d/'error.txt').read_text(encoding='utf-8') if (d/'error.txt').exists() else ''
     atomic_write_text(d/'error.txt', message + ('\n\n' + old if old else '\n'))
@@ -566,22 +567,27 @@ def record_job_failure(spec:RunSpec, message:str) -> dict:
 
 # %% ../nbs/31_sweep.ipynb #07264b38
 def _slurm_result(job, spec:RunSpec, states:dict, ended:dict, time_min:int):
-    "The run's info once its array task has ended (from submitit's result file, else from Slurm's state); None while it runs."
+    "The run's info once its array task has ended (from submitit's result file and Slurm's state); None until then."
     from submitit.core.utils import pickle_load
     log = f'{job.paths.stdout} and {job.paths.stderr}'
+    state, reason = (None, None) if states is None else states.get(job.job_id, ('GONE', 'no longer listed by Slurm'))
+    over = state in SLURM_ENDED or state == 'GONE'
+    def slurm_says():
+        why = SLURM_WHY.get(state, f'ended ({reason})')
+        if state == 'TIMEOUT': why += f' (--time {time_min} min); run the sweep again with a longer --time'
+        return f'Slurm job {job.job_id} {why} before the run finished (state {state}); log: {log}'
     if job.paths.result_pickle.exists():
         try: outcome, value = pickle_load(job.paths.result_pickle)
-        except (EOFError, OSError): return None   # being written
+        except Exception: return None   # still being written
+        if outcome == 'success' and value.get('status') != 'failed': return value
+        if not over: return None   # a failed run: wait for Slurm's last word (cancelled? requeued?)
+        if state in SLURM_WHY: return record_job_failure(spec, slurm_says())
         if outcome == 'success': return value
         last = [l for l in str(value).strip().splitlines() if l.strip()][-1:] or ['?']
         return record_job_failure(spec, f'Slurm job {job.job_id} failed outside the notebook: {last[0]}\nlog: {log}\n\n{value}')
-    if states is None: return None   # Slurm did not answer: ask again later
-    state, reason = states.get(job.job_id, ('GONE', 'no longer listed by Slurm'))
-    if state not in SLURM_ENDED and state != 'GONE': return None
+    if not over: return None
     if time.time() - ended.setdefault(job.job_id, time.time()) < 5: return None   # a result file may still appear
-    why = SLURM_WHY.get(state, f'ended ({reason})')
-    if state == 'TIMEOUT': why += f' (--time {time_min} min); run the sweep again with a longer --time'
-    return record_job_failure(spec, f'Slurm job {job.job_id} {why} before the run finished (state {state}); log: {log}')
+    return record_job_failure(spec, slurm_says())
 
 # %% ../nbs/31_sweep.ipynb #18375c49
 def run_slurm(todo:list, out, workers:int, force:bool, progress:Progress, on_result,

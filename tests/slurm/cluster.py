@@ -2,7 +2,7 @@
 
 `python tests/slurm/cluster.py` starts one, prints the SLURM_CONF to export, and stops it on Ctrl-C.
 The tests use `SlurmCluster` through a session fixture (tests/test_slurm.py)."""
-import os, shutil, signal, socket, subprocess, sys, tempfile, time
+import ctypes, os, shutil, signal, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 
 PACKAGES = ('slurm-wlm', 'munge')
@@ -16,6 +16,12 @@ class ClusterUnavailable(RuntimeError):
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def _die_with_parent():
+    "In a daemon about to start: get SIGTERM when the process that started it dies, even by SIGKILL (Linux)."
+    try: ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, int(signal.SIGTERM))   # PR_SET_PDEATHSIG
+    except OSError: pass
 
 
 def ensure_packages(log=print) -> None:
@@ -94,7 +100,8 @@ class SlurmCluster:
 
     def _start(self, name, args):
         log = open(self.root/'log'/f'{name}.out', 'ab')
-        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=_die_with_parent)
         log.close()
 
     def _check_alive(self):
@@ -142,14 +149,20 @@ class SlurmCluster:
         raise ClusterUnavailable(f'timed out after {timeout:.0f} s waiting for {what} (logs in {self.root/"log"})')
 
     def job_pids(self) -> list:
-        "PIDs of slurmstepd processes (and their children) started for this cluster's jobs."
-        out = []
-        for env in Path('/proc').glob('[0-9]*/environ'):
-            try: data = env.read_bytes()
+        "This cluster's slurmstepd processes (their environment names its SLURM_CONF) and their descendants."
+        procs = {}   # pid -> (parent pid, command name)
+        for stat in Path('/proc').glob('[0-9]*/stat'):
+            try: text = stat.read_text()
             except OSError: continue
-            if f'SLURM_CONF={self.conf}'.encode() in data.split(b'\0') and int(env.parent.name) not in [p.pid for p in self.procs.values()]:
-                out.append(int(env.parent.name))
-        return out
+            procs[int(stat.parent.name)] = (int(text[text.rindex(')') + 2:].split()[1]), text[text.index('(') + 1:text.rindex(')')])
+        def ours(pid):
+            try: return f'SLURM_CONF={self.conf}'.encode() in Path(f'/proc/{pid}/environ').read_bytes().split(b'\0')
+            except OSError: return False
+        found = {pid for pid, (_, name) in procs.items() if name == 'slurmstepd' and ours(pid)}
+        while True:
+            children = {pid for pid, (ppid, _) in procs.items() if ppid in found} - found
+            if not children: return sorted(found)
+            found |= children
 
     def stop(self, timeout=30.0):
         "Cancel every job, then stop slurmd, slurmctld and munged (the processes this object started), by PID."
@@ -172,13 +185,15 @@ class SlurmCluster:
 
 
 if __name__ == '__main__':
+    def _interrupt(*_): raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _interrupt)   # `kill` stops the cluster as Ctrl-C does
     c = SlurmCluster(sys.argv[1] if len(sys.argv) > 1 else None)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})   # sigwait below receives them
     try:
         c.start()
         print(f'Slurm is up (partition {c.partition}, {c.cpus} CPUs). In another shell:\n  export SLURM_CONF={c.conf}\n'
               'Ctrl-C stops it.', flush=True)
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while True: signal.pause()
+    except KeyboardInterrupt: pass
     except ClusterUnavailable as e:
         print(f'error: {e}', file=sys.stderr); sys.exit(2)
     finally:
