@@ -49,7 +49,7 @@ def _array_id(text) -> str:
 
 
 def test_preflight_errors(cluster, tmp_path, capsys, monkeypatch):
-    "A partition that does not exist, GPUs the nodes lack, a controller that does not answer: a clear error, no folder."
+    "A partition that does not exist, GPUs or CPUs the nodes lack, a controller that does not answer: a clear error, no folder; the dry run shows the #SBATCH lines."
     out = tmp_path/'runs'
     def sweep_err(*extra):
         rc = S.cli_sweep([PLANS/'toy_mode.yaml', '--profile', 'smoke', '--out', out, '--executor', 'slurm', *extra])
@@ -60,6 +60,12 @@ def test_preflight_errors(cluster, tmp_path, capsys, monkeypatch):
     assert rc == 2 and 'have no GPUs' in err, err
     rc, err = sweep_err('--cpus-per-job', str(cluster.cpus + 1))
     assert rc == 2 and f'have {cluster.cpus} CPUs' in err, err
+    rc = S.cli_sweep([PLANS/'toy_mode.yaml', '--profile', 'smoke', '--out', out, '--executor', 'slurm', '--dry-run',
+                      '--workers', '2', '--time', '5', '--cpus-per-job', '1'])
+    text = capsys.readouterr().out
+    for line in (f'--partition={cluster.partition}', '--array=0-2%2', '--cpus-per-task=1', '--time=5', f'--output={out}/.submitit/%A_%a/'):
+        assert f'#SBATCH {line}' in text, (line, text)
+    assert rc == 0 and '--gpus-per-node' not in text   # the node has no GPUs: none asked for
     dead = tmp_path/'dead.conf'   # the same cluster at a port where nothing listens
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
