@@ -507,11 +507,13 @@ def slurm_check(partition=None, gpus_per_job=None, cpus_per_job=None, parts=None
     return dict(partition=partition, gpus_per_job=gpus, cpus_per_job=cpus)
 
 # %% ../nbs/31_sweep.ipynb #e5042916
+def _warn_s(time_min) -> int: return min(90, int(time_min) * 15)   # stop a run this long before its limit
+
 def slurm_parameters(workers:int, partition=None, time_min=120, gpus_per_job=None, cpus_per_job=None) -> dict:
     "Parameters of submitit's `SlurmExecutor` for one run per array task (they become `#SBATCH` lines)."
     p = dict(job_name='contrastive-ablations', time=int(time_min), ntasks_per_node=1, array_parallelism=workers,
              cpus_per_task=cpus_per_job or 4,
-             signal_delay_s=min(90, int(time_min) * 30))   # SIGUSR2 this long before the limit (half of a short one)
+             signal_delay_s=_warn_s(time_min))   # when the run is stopped before the limit (see `slurm_job`)
     gpus = 1 if gpus_per_job is None else gpus_per_job
     if gpus: p['gpus_per_node'] = gpus
     if partition: p['partition'] = partition
@@ -526,15 +528,19 @@ def sbatch_script(params:dict, n_runs:int, folder) -> str:
 
 # %% ../nbs/31_sweep.ipynb #f6153a27
 class SlurmTimeLimit(RuntimeError):
-    "Slurm warned the job (SIGUSR2) that its time limit is near."
+    "The Slurm job is about to reach its time limit."
 
 def slurm_job(spec:dict, force:bool, threads:int, time_min:int) -> dict:
-    "What each Slurm array task runs: `execute_run`, with Slurm's warning before the time limit turned into the run's error."
+    "What each Slurm array task runs: `execute_run`, stopped with a clear error shortly before the job's time limit."
     def near_limit(*_):
         raise SlurmTimeLimit(f'the Slurm job reached its time limit (--time {time_min} min); '
                              'run the sweep again with a longer --time')
-    signal.signal(signal.SIGUSR2, near_limit)   # instead of submitit's handler, which fails the job without saying why
-    info = execute_run(spec, force, threads, None)
+    # Slurm's own warning (submitit's --signal=USR2) can come up to a minute early: an exact timer instead
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, near_limit)
+    signal.setitimer(signal.ITIMER_REAL, max(1, int(time_min) * 60 - _warn_s(time_min)))
+    try: info = execute_run(spec, force, threads, None)
+    finally: signal.setitimer(signal.ITIMER_REAL, 0)
     if info.get('status') != 'skipped':   # which job ran it: its log is .submitit/<job>/
         task = os.environ.get('SLURM_ARRAY_TASK_ID')
         info['slurm_job'] = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{task}" if task else os.environ.get('SLURM_JOB_ID')

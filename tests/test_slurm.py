@@ -99,7 +99,7 @@ def test_real_smoke_sweep_on_slurm(cluster, tmp_path, capsys):
 TOY_SLURM = """study: toy_slurm
 notebook: toy
 parameter: sleep_s
-values: [30, 70]
+values: [30, 60]
 control: 0.0
 baselines:
   - label: raises
