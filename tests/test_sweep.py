@@ -266,9 +266,9 @@ def test_submitit_local_executor(tmp_path):
     assert (out/'.submitit').is_dir()
 
 
-def test_slurm_without_cluster(tmp_path, capsys):
+def test_slurm_without_cluster(tmp_path, capsys, monkeypatch):
     "Asking for Slurm where there is none is a clear usage error, before any run starts."
-    if shutil.which('srun'): pytest.skip('this machine has Slurm')
+    monkeypatch.setenv('PATH', str(tmp_path/'no-slurm-here'))   # no sinfo, as on a machine without Slurm
     rc = S.cli_sweep([PLANS/'toy_mode.yaml', '--executor', 'slurm', '--partition', 'gpu', '--profile', 'smoke', '--out', tmp_path])
     assert rc == 2 and 'needs a Slurm cluster' in capsys.readouterr().err
     assert not (tmp_path/'toy_mode').exists(), 'nothing may be created before Slurm answered'
