@@ -2,7 +2,7 @@
 for the session and stops afterwards. Smoke sweeps of the ICKD and CLEL notebooks; a run that raises; a job
 cancelled with scancel; a job stopped at its time limit; a requeued job; a sweep interrupted while its jobs
 are queued, then resumed. Skipped, with the reason, where Slurm cannot be installed or started."""
-import json, os, signal, socket, subprocess, sys, time
+import json, os, signal, socket, sys, time
 from pathlib import Path
 
 import pytest
