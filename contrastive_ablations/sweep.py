@@ -425,6 +425,7 @@ def run_local(todo:list, workers:int, threads:int, force:bool, progress:Progress
         raise
     pool.shutdown()
 
+# %% ../nbs/31_sweep.ipynb #4c6d8e0f
 def run_submitit(todo:list, out, workers:int, threads:int, force:bool, progress:Progress, on_result, time_min=120) -> None:
     "Execute `todo` as jobs of submitit's `LocalExecutor` on this machine, at most `workers` at a time, one GPU each when there are GPUs."
     import submitit
@@ -487,6 +488,7 @@ def slurm_partitions() -> dict:
         p['gpus'] = p['gpus'] or 'gpu' in gres
     return parts
 
+# %% ../nbs/31_sweep.ipynb #2a4b6c8d
 def slurm_check(partition=None, gpus_per_job=None, cpus_per_job=None, parts=None) -> dict:
     "Check partition, GPUs and CPUs per job against the cluster (`parts`: from `slurm_partitions`); fill in the defaults."
     parts = slurm_partitions() if parts is None else parts
@@ -547,6 +549,7 @@ def slurm_job(spec:dict, force:bool, threads:int, time_min:int) -> dict:
         atomic_write_text(Path(spec['run_dir'])/'run_info.json', json.dumps(info, indent=2, sort_keys=True, default=str))
     return info
 
+# %% ../nbs/31_sweep.ipynb #3b5c7d9e
 SLURM_ENDED = ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'PREEMPTED', 'OUT_OF_MEMORY', 'BOOT_FAIL', 'DEADLINE')
 SLURM_WHY = {'CANCELLED': 'was cancelled (scancel)', 'TIMEOUT': 'was killed at its time limit',
              'NODE_FAIL': 'lost its node', 'PREEMPTED': 'was preempted', 'OUT_OF_MEMORY': 'ran out of memory'}
@@ -623,7 +626,10 @@ def run_slurm(todo:list, out, workers:int, force:bool, progress:Progress, on_res
                 del pending[jid]
                 on_result(s, info)
             if pending:
-                if time.time() - last > 60: progress.print(f'        ... {progress.status()}'); last = time.time()
+                if time.time() - last > 60:   # a task that cannot start says why (Resources, Priority, PartitionDown, ...)
+                    why = sorted({states[i][1] for i in pending if states and states.get(i, ('',))[0] == 'PENDING'})
+                    progress.print(f'        ... {progress.status()}' + (f' | pending in Slurm: {", ".join(why)}' if why else ''))
+                    last = time.time()
                 time.sleep(2.0)
     except BaseException:
         try: _slurm_cmd('scancel', array, check=False); progress.print(f'cancelled Slurm job {array}')
