@@ -125,7 +125,10 @@ def test_failed_cancelled_timed_out_and_requeued_jobs(cluster, tmp_path, capsys)
         assert _wait_for(lambda: S.run_state(control) == 'done' and _task(cluster, f'{array}_0')['JobState'] == 'COMPLETED', 60, proc)
         done_at = os.stat(Path(control.run_dir)/'metrics.json').st_mtime_ns
         cluster.run('scontrol', 'requeue', f'{array}_0')
-        cluster.run('scontrol', 'update', f'JobId={array}_0', 'StartTime=now')   # Slurm holds a requeued job for 2 minutes
+        # Slurm holds a requeued job for 2 minutes; release it now, but not in the second its first run ended
+        # (slurmd refuses to launch a job again right after it ended)
+        time.sleep(2)
+        cluster.run('scontrol', 'update', f'JobId={array}_0', 'StartTime=now')
         stdout, stderr = proc.communicate(timeout=150)
     finally:
         if proc.poll() is None: proc.kill(); proc.wait()
