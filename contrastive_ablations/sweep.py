@@ -16,12 +16,14 @@ from .core import (PROFILES, LockedError, atomic_write_text, file_lock, package_
 # through them the experiments and torch) would add seconds to every worker start. `core` is light.
 
 # %% auto #0
-__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'RunSpec', 'params_hash', 'make_run_id',
-           'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch', 'run_state', 'kernel_env',
-           'execute_run', 'notebook_timing', 'has_parameters_cell', 'SweepLockedError', 'StudyLock', 'library_versions',
-           'git_info', 'detect_gpus', 'machine_info', 'write_manifest', 'Progress', 'run_local', 'slurm_parameters',
-           'run_submitit', 'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table',
-           'sweep', 'summary', 'sweep_parser', 'cli_sweep']
+__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'SLURM_ENDED', 'SLURM_WHY', 'RunSpec',
+           'params_hash', 'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch',
+           'run_state', 'kernel_env', 'execute_run', 'notebook_timing', 'has_parameters_cell', 'SweepLockedError',
+           'StudyLock', 'library_versions', 'git_info', 'detect_gpus', 'machine_info', 'write_manifest', 'Progress',
+           'run_local', 'run_submitit', 'slurm_partitions', 'slurm_check', 'slurm_parameters', 'sbatch_script',
+           'SlurmTimeLimit', 'slurm_job', 'slurm_states', 'record_job_failure', 'run_slurm', 'check_notebook',
+           'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table', 'sweep', 'summary', 'sweep_parser',
+           'cli_sweep']
 
 # %% ../nbs/31_sweep.ipynb #3dd3fee9
 HASH_EXCLUDE = ('out_dir', 'device')   # where and on what a run executes, not what it computes
@@ -412,57 +414,33 @@ def run_local(todo:list, workers:int, threads:int, force:bool, progress:Progress
         raise
     pool.shutdown()
 
-def slurm_parameters(workers:int, partition=None, time_min=120, gpus_per_job=None, cpus_per_job=None) -> dict:
-    "Parameters of submitit's `SlurmExecutor` for one run per job (sbatch options)."
-    p = dict(job_name='contrastive-ablations', time=int(time_min), ntasks_per_node=1, array_parallelism=workers,
-             gpus_per_node=1 if gpus_per_job is None else gpus_per_job, cpus_per_task=cpus_per_job or 4)
-    if partition: p['partition'] = partition
-    return p
-
-def run_submitit(todo:list, executor:str, out, workers:int, threads:int, force:bool, progress:Progress, on_result,
-                 partition=None, time_min=120, gpus_per_job=None, cpus_per_job=None) -> None:
-    "Execute `todo` as submitit jobs (Slurm or submitit's local executor), at most `workers` at a time."
+# %% ../nbs/31_sweep.ipynb #4c6d8e0f
+def run_submitit(todo:list, out, workers:int, threads:int, force:bool, progress:Progress, on_result, time_min=120) -> None:
+    "Execute `todo` as jobs of submitit's `LocalExecutor` on this machine, at most `workers` at a time, one GPU each when there are GPUs."
     import submitit
     from contrastive_ablations.sweep import execute_run   # jobs unpickle it by module name
-    folder = Path(out).resolve()/'.submitit'/'%j'
-    gpus = detect_gpus()
-    if executor == 'slurm':
-        try: ex = submitit.SlurmExecutor(folder=folder)
-        except RuntimeError as e:   # no srun/sbatch here
-            raise ValueError(f'--executor slurm needs a Slurm cluster ({e}); use --executor local or submitit-local') from None
-        ex.update_parameters(**slurm_parameters(workers, partition, time_min, gpus_per_job, cpus_per_job))
-        with ex.batch():   # one array job; Slurm runs at most `workers` of it at once
-            jobs = [(ex.submit(execute_run, asdict(s), force, cpus_per_job or 4, None), s) for s in todo]
-        launch, waiting = [], []
-    else:
-        ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=time_min)
-        jobs, waiting = [], list(todo)
-    free_gpus = list(gpus)
+    ex = submitit.LocalExecutor(folder=Path(out).resolve()/'.submitit'/'%j')
+    jobs, waiting, free_gpus = [], list(todo), list(detect_gpus())
     # jobs run `python -m submitit...` in a fresh interpreter: let it import the same package as this sweep
     os.environ['PYTHONPATH'] = kernel_env()['PYTHONPATH']
-    def submit_local(s):
-        params = dict(timeout_min=time_min)
-        gpu = None
-        if free_gpus:
-            gpu = free_gpus.pop(0); params.update(gpus_per_node=1, visible_gpus=(int(gpu),))
-        else: params.update(gpus_per_node=0)
-        ex.update_parameters(**params)
+    def submit(s):
+        gpu = free_gpus.pop(0) if free_gpus else None
+        ex.update_parameters(timeout_min=time_min, **(dict(gpus_per_node=1, visible_gpus=(int(gpu),)) if gpu is not None else dict(gpus_per_node=0)))
         j = ex.submit(execute_run, asdict(s), force, threads, None)
         j._ca_gpu = gpu
         return j
     try:
-        while waiting and len(jobs) < workers: s = waiting.pop(0); jobs.append((submit_local(s), s))
+        while waiting and len(jobs) < workers: s = waiting.pop(0); jobs.append((submit(s), s))
         last = time.time()
         while jobs:
-            progress.running = sum(1 for j, _ in jobs if j.state in ('RUNNING',)) if executor == 'slurm' else len(jobs)
+            progress.running = len(jobs)
             finished = [(j, s) for j, s in jobs if j.done()]
             for j, s in finished:
                 jobs.remove((j, s))
                 try: info = j.result()
                 except Exception as e: info = _failed(s, e)
-                if getattr(j, '_ca_gpu', None) is not None: free_gpus.append(j._ca_gpu)
-                if waiting: s2 = waiting.pop(0); jobs.append((submit_local(s2), s2))
+                if j._ca_gpu is not None: free_gpus.append(j._ca_gpu)
+                if waiting: s2 = waiting.pop(0); jobs.append((submit(s2), s2))
                 progress.running = len(jobs)
                 on_result(s, info)
             if not finished:
@@ -472,6 +450,179 @@ def run_submitit(todo:list, executor:str, out, workers:int, threads:int, force:b
         for j, _ in jobs:
             try: j.cancel(check=False)
             except Exception: pass
+        raise
+
+# %% ../nbs/31_sweep.ipynb #b2d1f6e3
+def _slurm_cmd(*args, timeout=60, check=True):
+    "Run a Slurm client command; a ValueError quoting Slurm when it is missing, silent or fails (with `check`)."
+    args = [str(a) for a in args]
+    try: r = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise ValueError(f'--executor slurm needs a Slurm cluster: `{args[0]}` is not installed here; start the sweep '
+                         'on a login node of the cluster, or use --executor local') from None
+    except subprocess.TimeoutExpired:
+        raise ValueError(f'Slurm is unreachable: `{" ".join(args)}` did not answer within {timeout} s') from None
+    if check and r.returncode != 0:
+        raise ValueError(f'Slurm is unreachable: `{" ".join(args)}` failed: {(r.stderr or r.stdout).strip()}')
+    return r
+
+def slurm_partitions() -> dict:
+    "The cluster's partitions from `sinfo`: name -> CPUs of its largest node, whether it has GPUs, whether it is the default."
+    parts = {}
+    for line in _slurm_cmd('sinfo', '--noheader', '--format=%P|%c|%G').stdout.splitlines():
+        if line.count('|') != 2: continue
+        name, cpus, gres = line.split('|')
+        p = parts.setdefault(name.rstrip('*'), dict(cpus=0, gpus=False, default=name.endswith('*')))
+        p['cpus'] = max(p['cpus'], int(re.match(r'\d*', cpus).group() or 0))   # '8+' on mixed nodes
+        p['gpus'] = p['gpus'] or 'gpu' in gres
+    return parts
+
+# %% ../nbs/31_sweep.ipynb #2a4b6c8d
+def slurm_check(partition=None, gpus_per_job=None, cpus_per_job=None, parts=None) -> dict:
+    "Check partition, GPUs and CPUs per job against the cluster (`parts`: from `slurm_partitions`); fill in the defaults."
+    parts = slurm_partitions() if parts is None else parts
+    if not parts: raise ValueError('Slurm lists no partitions (`sinfo` printed nothing)')
+    if partition is None:
+        partition = next((n for n, p in parts.items() if p['default']), None)
+        if partition is None: raise ValueError(f'the cluster has no default partition; name one with --partition ({", ".join(parts)})')
+    if partition not in parts:
+        raise ValueError(f'--partition {partition}: Slurm has no such partition; it has {", ".join(sorted(parts))}')
+    p = parts[partition]
+    gpus = (1 if p['gpus'] else 0) if gpus_per_job is None else gpus_per_job
+    if gpus and not p['gpus']:
+        raise ValueError(f'--gpus-per-job {gpus}: the nodes of partition {partition} have no GPUs; '
+                         'use --gpus-per-job 0 or a partition with GPUs')
+    cpus = min(4, p['cpus']) if cpus_per_job is None else cpus_per_job
+    if not 1 <= cpus <= p['cpus']:
+        raise ValueError(f'--cpus-per-job {cpus}: the nodes of partition {partition} have {p["cpus"]} CPUs; ask for 1 to {p["cpus"]}')
+    return dict(partition=partition, gpus_per_job=gpus, cpus_per_job=cpus)
+
+# %% ../nbs/31_sweep.ipynb #e5042916
+def _warn_s(time_min) -> int: return min(90, int(time_min) * 15)   # stop a run this long before its limit
+
+def slurm_parameters(workers:int, partition=None, time_min=120, gpus_per_job=None, cpus_per_job=None) -> dict:
+    "Parameters of submitit's `SlurmExecutor` for one run per array task (they become `#SBATCH` lines)."
+    p = dict(job_name='contrastive-ablations', time=int(time_min), ntasks_per_node=1, array_parallelism=workers,
+             cpus_per_task=cpus_per_job or 4,
+             signal_delay_s=_warn_s(time_min))   # when the run is stopped before the limit (see `slurm_job`)
+    gpus = 1 if gpus_per_job is None else gpus_per_job
+    if gpus: p['gpus_per_node'] = gpus
+    if partition: p['partition'] = partition
+    return p
+
+def sbatch_script(params:dict, n_runs:int, folder) -> str:
+    "The batch script submitit submits for an array of `n_runs` runs with `params` (what `--dry-run` shows)."
+    from submitit.slurm.slurm import _make_sbatch_string
+    folder = Path(folder)/'%j'
+    return _make_sbatch_string(command=f'{sys.executable} -u -m submitit.core._submit {folder}', folder=folder,
+                               map_count=n_runs if n_runs > 1 else None, **params)   # one run: a plain job
+
+# %% ../nbs/31_sweep.ipynb #f6153a27
+class SlurmTimeLimit(RuntimeError):
+    "The Slurm job is about to reach its time limit."
+
+def slurm_job(spec:dict, force:bool, threads:int, time_min:int) -> dict:
+    "What each Slurm array task runs: `execute_run`, stopped with a clear error shortly before the job's time limit."
+    def near_limit(*_):
+        raise SlurmTimeLimit(f'the Slurm job reached its time limit (--time {time_min} min); '
+                             'run the sweep again with a longer --time')
+    # Slurm's own warning (submitit's --signal=USR2) can come up to a minute early: an exact timer instead
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, near_limit)
+    signal.setitimer(signal.ITIMER_REAL, max(1, int(time_min) * 60 - _warn_s(time_min)))
+    try: info = execute_run(spec, force, threads, None)
+    finally: signal.setitimer(signal.ITIMER_REAL, 0)
+    if info.get('status') != 'skipped':   # which job ran it: its log is .submitit/<job>/
+        task = os.environ.get('SLURM_ARRAY_TASK_ID')
+        info['slurm_job'] = f"{os.environ.get('SLURM_ARRAY_JOB_ID')}_{task}" if task else os.environ.get('SLURM_JOB_ID')
+        atomic_write_text(Path(spec['run_dir'])/'run_info.json', json.dumps(info, indent=2, sort_keys=True, default=str))
+    return info
+
+# %% ../nbs/31_sweep.ipynb #3b5c7d9e
+SLURM_ENDED = ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'PREEMPTED', 'OUT_OF_MEMORY', 'BOOT_FAIL', 'DEADLINE')
+SLURM_WHY = {'CANCELLED': 'was cancelled (scancel)', 'TIMEOUT': 'was killed at its time limit',
+             'NODE_FAIL': 'lost its node', 'PREEMPTED': 'was preempted', 'OUT_OF_MEMORY': 'ran out of memory'}
+
+def slurm_states(job_id) -> dict:
+    "Array task id -> (state, reason) from `squeue` (ended tasks stay listed for a few minutes); None when Slurm did not answer."
+    try: r = _slurm_cmd('squeue', '--noheader', '--array', '--states=all', f'--jobs={job_id}', '--format=%i|%T|%r', check=False)
+    except ValueError: return None
+    if r.returncode != 0: return {} if 'Invalid job id' in r.stderr else None   # {}: Slurm forgot the array
+    return {i: (state, reason) for i, state, reason in (l.split('|') for l in r.stdout.splitlines() if l.count('|') == 2)}
+
+def record_job_failure(spec:RunSpec, message:str) -> dict:
+    "A run whose job ended without a result: keep the partial notebook as run.ipynb, add `message` to error.txt."
+    d = Path(spec.run_dir)
+    info = dict(run_id=spec.run_id, study=spec.study, role=spec.role, label=spec.label, seed=spec.seed,
+                status='failed', error=message.splitlines()[0][:300], finished=time.time())
+    if not d.is_dir(): return info   # the job never started: nothing to keep
+    info = {**(_read(d/'run_info.json') or {}), **info}   # keep what the run recorded (timings, host)
+    if (d/PARTIAL).exists(): os.replace(d/PARTIAL, d/'run.ipynb')
+    old = (d/'error.txt').read_text(encoding='utf-8') if (d/'error.txt').exists() else ''
+    atomic_write_text(d/'error.txt', message + ('\n\n' + old if old else '\n'))
+    atomic_write_text(d/'run_info.json', json.dumps(info, indent=2, sort_keys=True))
+    return info
+
+# %% ../nbs/31_sweep.ipynb #07264b38
+def _slurm_result(job, spec:RunSpec, states:dict, ended:dict, time_min:int):
+    "The run's info once its array task has ended (from submitit's result file and Slurm's state); None until then."
+    from submitit.core.utils import pickle_load
+    log = f'{job.paths.stdout} and {job.paths.stderr}'
+    state, reason = (None, None) if states is None else states.get(job.job_id, ('GONE', 'no longer listed by Slurm'))
+    over = state in SLURM_ENDED or state == 'GONE'
+    def slurm_says():
+        why = SLURM_WHY.get(state, f'ended ({reason})')
+        if state == 'TIMEOUT': why += f' (--time {time_min} min); run the sweep again with a longer --time'
+        return f'Slurm job {job.job_id} {why} before the run finished (state {state}); log: {log}'
+    if job.paths.result_pickle.exists():
+        try: outcome, value = pickle_load(job.paths.result_pickle)
+        except Exception: return None   # still being written
+        if outcome == 'success' and value.get('status') != 'failed': return value
+        if not over: return None   # a failed run: wait for Slurm's last word (cancelled? requeued?)
+        if state in SLURM_WHY: return record_job_failure(spec, slurm_says())
+        if outcome == 'success': return value
+        last = [l for l in str(value).strip().splitlines() if l.strip()][-1:] or ['?']
+        return record_job_failure(spec, f'Slurm job {job.job_id} failed outside the notebook: {last[0]}\nlog: {log}\n\n{value}')
+    if not over: return None
+    if time.time() - ended.setdefault(job.job_id, time.time()) < 5: return None   # a result file may still appear
+    return record_job_failure(spec, slurm_says())
+
+# %% ../nbs/31_sweep.ipynb #18375c49
+def run_slurm(todo:list, out, workers:int, force:bool, progress:Progress, on_result,
+              partition=None, time_min=120, gpus_per_job=None, cpus_per_job=None) -> None:
+    "Execute `todo` as one Slurm job array (at most `workers` tasks at once), following it with `squeue`."
+    import submitit
+    from contrastive_ablations.sweep import slurm_job   # jobs unpickle it by module name
+    folder = Path(out).resolve()/'.submitit'
+    ex = submitit.SlurmExecutor(folder=folder/'%j')
+    ex.update_parameters(**slurm_parameters(workers, partition, time_min, gpus_per_job, cpus_per_job))
+    os.environ['PYTHONPATH'] = kernel_env()['PYTHONPATH']   # the jobs import the same package as this sweep
+    try:
+        with ex.batch(): jobs = [(ex.submit(slurm_job, asdict(s), force, cpus_per_job, time_min), s) for s in todo]
+    except Exception as e:
+        raise ValueError(f'Slurm refused the job array: {e}') from None
+    array = jobs[0][0].job_id.split('_')[0]
+    progress.print(f'submitted Slurm job {array}: {len(jobs)} run(s), at most {workers} at once; logs: {folder}/'
+                   + (f'{array}_<task>/{array}_<task>_0_log.out' if len(jobs) > 1 else f'{array}/{array}_0_log.out'))
+    pending, ended, last = {j.job_id: (j, s) for j, s in jobs}, {}, time.time()
+    try:
+        while pending:
+            states = slurm_states(array)
+            if states is not None: progress.running = sum(states.get(i, ('',))[0] == 'RUNNING' for i in pending)
+            for jid, (j, s) in list(pending.items()):
+                info = _slurm_result(j, s, states, ended, time_min)
+                if info is None: continue
+                del pending[jid]
+                on_result(s, info)
+            if pending:
+                if time.time() - last > 60:   # a task that cannot start says why (Resources, Priority, PartitionDown, ...)
+                    why = sorted({states[i][1] for i in pending if states and states.get(i, ('',))[0] == 'PENDING'})
+                    progress.print(f'        ... {progress.status()}' + (f' | pending in Slurm: {", ".join(why)}' if why else ''))
+                    last = time.time()
+                time.sleep(2.0)
+    except BaseException:
+        try: _slurm_cmd('scancel', array, check=False); progress.print(f'cancelled Slurm job {array}')
+        except ValueError: pass
         raise
 
 # %% ../nbs/31_sweep.ipynb #beccfb3e
@@ -550,10 +701,19 @@ def sweep(plans,                  # plan files, or validated Plans
     for p in plans: check_notebook(p.experiment.notebook_path(), p.source)
     out = Path(out).resolve()
     runs = expand_runs(plans, profile, out)
+    if workers is not None and workers < 1: raise ValueError(f'workers = {workers}: need at least 1')
+    if executor == 'slurm':   # ask the cluster before anything is created
+        try: slurm.update(slurm_check(slurm.get('partition'), slurm.get('gpus_per_job'), slurm.get('cpus_per_job')))
+        except ValueError as e:
+            if not dry_run: raise
+            say(f'(Slurm parameters not checked against a cluster: {e})')
     if dry_run:
-        say(dry_run_table(runs)); return SweepResult(runs, [], [], {}, {})
-    workers = workers or default_workers()
-    if workers < 1: raise ValueError(f'workers = {workers}: need at least 1')
+        say(dry_run_table(runs))
+        n = sum(1 for r in runs if not r.alias_of and (force or run_state(r) != 'done'))
+        if executor == 'slurm' and n:
+            script = sbatch_script(slurm_parameters(workers or n, **slurm), n, out/'.submitit')
+            say('sbatch parameters:\n' + '\n'.join(l for l in script.splitlines() if l.startswith('#SBATCH')))
+        return SweepResult(runs, [], [], {}, {})
     locks = [StudyLock(out/p.study) for p in sorted(plans, key=lambda p: p.study)]
     try:
         for l in locks: l.acquire()
@@ -562,7 +722,9 @@ def sweep(plans,                  # plan files, or validated Plans
         skipped = [r.run_id for r in runs if states[r.run_dir] == 'done' and not force and not r.alias_of]
         todo = [r for r in runs if (force or states[r.run_dir] != 'done') and not r.alias_of]
         n_shared = sum(bool(r.alias_of) for r in runs)
-        threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo))))   # the cores, shared by the runs at once
+        workers = workers or (max(1, len(todo)) if executor == 'slurm' else default_workers())
+        threads = (slurm['cpus_per_job'] if executor == 'slurm' else   # the cores, shared by the runs at once
+                   max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo)))))
         settings = dict(executor=executor, workers=workers, threads_per_run=threads, seeds=seeds, force=force,
                         command=' '.join(sys.argv), started=time.strftime('%Y-%m-%dT%H:%M:%S%z'), **slurm)
         infos = {}
@@ -579,7 +741,8 @@ def sweep(plans,                  # plan files, or validated Plans
                 write_manifest(out, by_study[study], [r for r in runs if r.study == study], profile, settings)
         if todo:
             if executor == 'local': run_local(todo, workers, threads, force, progress, on_result)
-            else: run_submitit(todo, executor, out, workers, threads, force, progress, on_result, **slurm)
+            elif executor == 'slurm': run_slurm(todo, out, workers, force, progress, on_result, **slurm)
+            else: run_submitit(todo, out, workers, threads, force, progress, on_result, slurm.get('time_min', 120))
     finally:
         for l in locks: l.release()
     done = [k for k, i in infos.items() if i.get('status') in ('done', 'skipped')]
@@ -613,15 +776,16 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument('--profile', default='quick', choices=PROFILES, help='scale profile (default quick)')
     p.add_argument('--seeds', type=int, help="number of seeds (overrides the plans' seeds)")
     p.add_argument('--out', default='runs', help='output directory (default runs)')
-    p.add_argument('--workers', type=int, help='parallel runs (default: one per GPU, else cores/2)')
+    p.add_argument('--workers', type=int, help='parallel runs (default: one per GPU, else cores/2); with --executor slurm '
+                   'the most array tasks running at once (default: no limit)')
     p.add_argument('--executor', default='local', choices=('local', 'slurm', 'submitit-local'))
-    p.add_argument('--dry-run', action='store_true', help='list every run and whether it is done; run nothing')
+    p.add_argument('--dry-run', action='store_true', help='list every run and whether it is done (with --executor slurm also the #SBATCH lines); run nothing')
     p.add_argument('--force', action='store_true', help='redo finished runs')
     g = p.add_argument_group('slurm / submitit')
-    g.add_argument('--partition', help='Slurm partition')
-    g.add_argument('--time', type=int, default=120, help='time limit per run in minutes (default 120)')
-    g.add_argument('--gpus-per-job', type=int, help='GPUs per Slurm job (default 1)')
-    g.add_argument('--cpus-per-job', type=int, help='CPUs per Slurm job (default 4)')
+    g.add_argument('--partition', help="Slurm partition (default: the cluster's default partition)")
+    g.add_argument('--time', type=int, default=120, help='time limit of one run (one Slurm job) in minutes (default 120)')
+    g.add_argument('--gpus-per-job', type=int, help='GPUs per Slurm job (default 1 where the partition has GPUs, else 0)')
+    g.add_argument('--cpus-per-job', type=int, help="CPUs per Slurm job, also the run's threads (default 4, at most a node's CPUs)")
     return p
 
 def cli_sweep(argv=None) -> int:

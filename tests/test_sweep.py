@@ -216,10 +216,10 @@ def _wait_for(cond, timeout, proc=None):
     return False
 
 
-def _sweep_until_one_more_done(out, runs, sig):
-    "Start a sweep of toy_slow on one worker; send `sig` as soon as one more run has finished."
+def _sweep_until_one_more_done(out, runs, sig, *options):
+    "Start a sweep of toy_slow on one worker (with more CLI `options`); send `sig` as soon as one more run has finished."
     before = sum(S.run_state(r) == 'done' for r in runs)
-    proc = _cli('sweep', PLANS/'toy_slow.yaml', '--profile', 'smoke', '--workers', '1', '--out', out)
+    proc = _cli('sweep', PLANS/'toy_slow.yaml', '--profile', 'smoke', '--workers', '1', '--out', out, *options)
     try:
         assert _wait_for(lambda: sum(S.run_state(r) == 'done' for r in runs) > before, 120, proc), proc.communicate()
         proc.send_signal(sig)
@@ -266,12 +266,12 @@ def test_submitit_local_executor(tmp_path):
     assert (out/'.submitit').is_dir()
 
 
-def test_slurm_without_cluster(tmp_path, capsys):
+def test_slurm_without_cluster(tmp_path, capsys, monkeypatch):
     "Asking for Slurm where there is none is a clear usage error, before any run starts."
-    if shutil.which('srun'): pytest.skip('this machine has Slurm')
+    monkeypatch.setenv('PATH', str(tmp_path/'no-slurm-here'))   # no sinfo, as on a machine without Slurm
     rc = S.cli_sweep([PLANS/'toy_mode.yaml', '--executor', 'slurm', '--partition', 'gpu', '--profile', 'smoke', '--out', tmp_path])
     assert rc == 2 and 'needs a Slurm cluster' in capsys.readouterr().err
-    assert not any(p.is_dir() for p in (tmp_path/'toy_mode').iterdir())
+    assert not (tmp_path/'toy_mode').exists(), 'nothing may be created before Slurm answered'
 
 
 def test_lock(tmp_path, capsys):
@@ -308,6 +308,15 @@ def test_markdown_and_yaml_plans_agree():
     assert ids(md) == ids(ym) and len(ids(ym)) == 2 * (7 + 7 + 5 + 2)  # values + control + baselines
 
 
+def check_real_run_dir(run: S.RunSpec):
+    "A finished run of a real experiment notebook: its files, and a metrics.json key for every metric of the experiment."
+    check_run_dir(run)
+    m = json.loads((Path(run.run_dir)/'metrics.json').read_text())
+    exp = P.find_experiment(run.notebook)
+    keys = {f: [x.name for x in exp.metrics_of(f) if x.name in m] for f in exp.families}
+    assert all(keys.values()), f'{run.run_id}: no metrics.json key for {keys}'
+
+
 @pytest.mark.slow
 def test_real_smoke_sweep(tmp_path, capsys):
     "A smoke-profile sweep of a δ plan and a framework plan through papermill on 2 workers."
@@ -320,10 +329,5 @@ def test_real_smoke_sweep(tmp_path, capsys):
     assert rc == 0, text
     runs = S.expand_runs(P.load_plans(files, profile='smoke'), 'smoke', out)
     assert len(runs) == 4
-    for r in runs:
-        check_run_dir(r)
-        m = json.loads((Path(r.run_dir)/'metrics.json').read_text())
-        exp = P.find_experiment(r.notebook)
-        keys = {f: [x.name for x in exp.metrics_of(f) if x.name in m] for f in exp.families}
-        assert all(keys.values()), f'{r.run_id}: no metrics.json key for {keys}'
+    for r in runs: check_real_run_dir(r)
     assert (out/'clel_framework'/'manifest.json').exists() and 'overhead:' in text
