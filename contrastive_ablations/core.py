@@ -4,8 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #6d3feb36
 from __future__ import annotations
-import json, os, random, sys, tempfile, time
-from dataclasses import dataclass, field
+import contextlib, difflib, fcntl, json, os, random, sys, tempfile, time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,8 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['PROFILES', 'RUN_STATUSES', 'ParameterError', 'Param', 'validate_params', 'check_profile', 'get_device',
-           'seed_everything', 'atomic_write_text', 'atomic_write_json', 'read_json', 'write_run_outputs', 'cache_dir',
-           'data_dir', 'in_notebook']
+           'seed_everything', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json',
+           'write_run_outputs', 'cache_dir', 'data_dir', 'in_notebook', 'package_root', 'LockedError', 'file_lock']
 
 # %% ../nbs/00_core.ipynb #83e6f34c
 PROFILES = ('smoke', 'quick', 'paper')  # scale profiles: seconds, a laptop CPU, the papers' recipes on a GPU
@@ -37,43 +37,65 @@ class Param:
     lo_open: bool = False      # exclude `lo` itself
     hi_open: bool = False      # exclude `hi` itself
     allow_none: bool = False   # None means "the profile's default"
+    identity: bool = True      # False: where or how a run executes, not what it computes (never ablated)
+    depends_on: str | None = None  # another parameter whose value selects the domain ...
+    cases: dict | None = None  # ... value of `depends_on` -> field overrides, e.g. {'logit': {'hi': None}}
+
+    def given(self, params: dict) -> 'Param':
+        "This declaration with the domain that the other parameters' values select."
+        if self.depends_on is None: return self
+        dep, sel = self.depends_on, params.get(self.depends_on)
+        plain = replace(self, depends_on=None, cases=None)
+        others = '; '.join(f'{replace(plain, **c).domain()} when {dep}={v!r}' for v, c in self.cases.items() if v != sel)
+        return replace(plain, doc=f'{self.doc}, when {dep}={sel!r}' + (f'; {others}' if others else ''),
+                       **self.cases.get(sel, {}))
 
     def domain(self) -> str:
         "Human-readable description of the valid values."
+        if self.depends_on is not None:
+            alts = '; '.join(f'{replace(self, depends_on=None, cases=None, **c).domain()} when {self.depends_on}={v!r}'
+                             for v, c in self.cases.items())
+            return f'{replace(self, depends_on=None, cases=None).domain()} ({alts})'
         if self.choices is not None: d = 'one of ' + ', '.join(repr(c) for c in self.choices)
         elif self.kind is bool: d = 'True or False'
-        elif self.lo is not None or self.hi is not None:
-            left = ('(' if self.lo_open else '[') + (str(self.lo) if self.lo is not None else '-inf')
-            right = (str(self.hi) if self.hi is not None else 'inf') + (')' if self.hi_open else ']')
-            d = f'a {self.kind.__name__} in {left}, {right}'
-        else: d = f'a {self.kind.__name__}'
+        else:
+            d = ('an ' if self.kind is int else 'a ') + self.kind.__name__
+            if self.lo is not None or self.hi is not None:
+                left = '(-inf' if self.lo is None else ('(' if self.lo_open else '[') + str(self.lo)
+                right = 'inf)' if self.hi is None else str(self.hi) + (')' if self.hi_open else ']')
+                d += f' in {left}, {right}'
         return d + (' or None (profile default)' if self.allow_none else '')
 
     def check(self, name: str, value: Any, where: str = '') -> Any:
         "Return `value` coerced to `kind`, or raise `ParameterError` naming `name` and the domain."
-        def fail(why):
-            raise ParameterError(f"{where}parameter '{name}' = {value!r} {why}; valid: {self.domain()}"
-                                 + (f' ({self.doc})' if self.doc else ''))
-        if value is None:
-            if self.allow_none: return None
-            fail('is missing')
-        if self.kind is bool:
-            if isinstance(value, (bool, np.bool_)): return bool(value)
-            if isinstance(value, str) and value.lower() in ('true', 'false'): return value.lower() == 'true'
-            fail('is not a boolean')
-        if self.kind in (int, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)): fail('is not a number')
-            if self.kind is int and float(value) != int(value): fail('is not an integer')
-            value = self.kind(value)
-            if not np.isfinite(value): fail('is not finite')
-            if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)): fail('is out of range')
-            if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)): fail('is out of range')
-            return value
-        if self.kind is str:
-            if not isinstance(value, str): fail('is not a string')
-            if self.choices is not None and value not in self.choices: fail('is not a known value')
-            return value
-        raise TypeError(f'unsupported parameter kind {self.kind!r}')
+        return _coerce(self, name, value, where)
+
+# %% ../nbs/00_core.ipynb #2df49e19
+def _coerce(self: Param, name: str, value: Any, where: str = '') -> Any:
+    "`Param.check`: `value` coerced to the declared kind, or a `ParameterError` naming `name` and the domain."
+    def fail(why):
+        raise ParameterError(f"{where}parameter '{name}' = {value!r} {why}; valid: {self.domain()}"
+                             + (f' ({self.doc})' if self.doc else ''))
+    if value is None:
+        if self.allow_none: return None
+        fail('is missing')
+    if self.kind is bool:
+        if isinstance(value, (bool, np.bool_)): return bool(value)
+        if isinstance(value, str) and value.lower() in ('true', 'false'): return value.lower() == 'true'
+        fail('is not a boolean')
+    if self.kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)): fail('is not a number')
+        if self.kind is int and float(value) != int(value): fail('is not an integer')
+        value = self.kind(value)
+        if not np.isfinite(value): fail('is not finite')
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)): fail('is out of range')
+        if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)): fail('is out of range')
+        return value
+    if self.kind is str:
+        if not isinstance(value, str): fail('is not a string')
+        if self.choices is not None and value not in self.choices: fail('is not a known value')
+        return value
+    raise TypeError(f'unsupported parameter kind {self.kind!r}')
 
 # %% ../nbs/00_core.ipynb #50c48263
 def validate_params(specs: dict[str, Param], # the experiment's parameter declarations
@@ -83,9 +105,13 @@ def validate_params(specs: dict[str, Param], # the experiment's parameter declar
     "Check `params` against `specs`; return a complete, coerced dict or raise `ParameterError`."
     unknown = sorted(set(params) - set(specs))
     if unknown:
-        raise ParameterError(f"{where}unknown parameter(s) {', '.join(map(repr, unknown))}; "
-                             f"known: {', '.join(sorted(specs))}")
-    return {name: spec.check(name, params.get(name, spec.default), where) for name, spec in specs.items()}
+        close = {u: difflib.get_close_matches(u, list(specs), 1) for u in unknown}
+        named = ', '.join(f'{u!r}' + (f' (did you mean {close[u][0]!r}?)' if close[u] else '') for u in unknown)
+        raise ParameterError(f"{where}unknown parameter(s) {named}; known: {', '.join(sorted(specs))}")
+    # independent parameters first: a dependent domain (e.g. delta's on gate) reads their checked values
+    out = {n: s.check(n, params.get(n, s.default), where) for n, s in specs.items() if s.depends_on is None}
+    out.update({n: s.given(out).check(n, params.get(n, s.default), where) for n, s in specs.items() if s.depends_on is not None})
+    return {n: out[n] for n in specs}
 
 def check_profile(profile: str) -> str:
     "Return `profile` if it is one of `PROFILES`, else raise `ParameterError`."
@@ -111,16 +137,20 @@ def seed_everything(seed: int) -> 'torch.Generator':
 # %% ../nbs/00_core.ipynb #b0c9430e
 _UMASK = os.umask(0); os.umask(_UMASK)  # the process umask (reading it requires setting it)
 
-def atomic_write_text(path, text: str):
-    "Write `text` to `path` atomically (temporary file in the same directory, then `os.replace`)."
+def atomic_write_bytes(path, data: bytes):
+    "Write `data` to `path` atomically (temporary file in the same directory, then `os.replace`)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f: f.write(text); f.flush(); os.fsync(f.fileno())
+        with os.fdopen(fd, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
+
+def atomic_write_text(path, text: str):
+    "Write `text` (UTF-8) to `path` atomically."
+    atomic_write_bytes(path, text.encode('utf-8'))
 
 def _is_tensor(o) -> bool:
     "True for a torch.Tensor, without importing torch when nobody else has."
@@ -138,19 +168,15 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + '\n')
 
 def read_json(path):
-    "Read a JSON file."
-    return json.loads(Path(path).read_text(encoding='utf-8'))
+    "Read a JSON file; a file that is not UTF-8 JSON raises `ValueError` naming it."
+    try: return json.loads(Path(path).read_text(encoding='utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f'{path}: not a valid JSON file ({e})') from None
 
 # %% ../nbs/00_core.ipynb #c63f3f97
 RUN_STATUSES = ('ok', 'diverged', 'failed')  # `status` values an experiment can report
 
-def write_run_outputs(out_dir,        # the run's directory
-                      params: dict,   # the parameters the run used
-                      metrics: dict,  # flat name -> number, plus 'status'
-                      curves=None,    # pandas DataFrame of logged curves, or None
-                     ) -> Path:
-    "Write `params.json`, `curves.csv` and, last, `metrics.json` (whose presence marks a finished run)."
-    out_dir = Path(out_dir)
+def _flat_metrics(metrics: dict) -> dict:
+    "metrics.json content: the status, then name -> float or None (not finite); anything else is refused."
     status = metrics.get('status')
     if status not in RUN_STATUSES: raise ValueError(f"metrics['status'] = {status!r}; valid: {RUN_STATUSES}")
     flat = {'status': status}
@@ -160,8 +186,25 @@ def write_run_outputs(out_dir,        # the run's directory
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) and v is not None:
             raise ValueError(f"metric {k!r} = {v!r} is not a number (metrics.json is flat: name -> number)")
         flat[k] = None if v is None or not np.isfinite(float(v)) else float(v)
+    return flat
+
+def write_run_outputs(out_dir,        # the run's directory
+                      params: dict,   # the parameters the run used
+                      metrics: dict,  # flat name -> number, plus 'status'
+                      curves=None,    # pandas DataFrame of logged curves, or None
+                      artifacts: dict | None = None,  # file name -> bytes, str or JSON-able dict
+                     ) -> Path:
+    "Write `params.json`, `curves.csv`, the artifacts and, last, `metrics.json` (whose presence marks a finished run)."
+    out_dir, flat = Path(out_dir), _flat_metrics(metrics)
+    for name in artifacts or {}:
+        if Path(name).name != name or name in ('params.json', 'curves.csv', 'metrics.json'):
+            raise ValueError(f'artifact {name!r}: give a plain file name other than the run files')
     atomic_write_json(out_dir/'params.json', params)
     if curves is not None: atomic_write_text(out_dir/'curves.csv', curves.to_csv(index=False))
+    for name, content in (artifacts or {}).items():
+        if isinstance(content, bytes): atomic_write_bytes(out_dir/name, content)
+        elif isinstance(content, str): atomic_write_text(out_dir/name, content)
+        else: atomic_write_json(out_dir/name, content)
     atomic_write_json(out_dir/'metrics.json', flat)
     return out_dir
 
@@ -182,3 +225,24 @@ def in_notebook() -> bool:
         from IPython import get_ipython
         return get_ipython() is not None and 'IPKernelApp' in get_ipython().config
     except Exception: return False
+
+# %% ../nbs/00_core.ipynb #153340e0
+def package_root() -> Path:
+    "The directory that holds the `contrastive_ablations` package (the source checkout in development)."
+    import contrastive_ablations
+    return Path(contrastive_ablations.__file__).resolve().parent.parent
+
+class LockedError(RuntimeError):
+    "Another process holds the lock."
+
+@contextlib.contextmanager
+def file_lock(path,                 # the lock file (created when missing)
+              blocking: bool = True, # False: raise `LockedError` at once when another process holds it
+             ):
+    "Exclusive `flock` on `path` for the duration of the block; yields the open lock file."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a+') as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.seek(0); raise LockedError(f'{path} is held by {f.read().strip() or "another process"}') from None
+        yield f

@@ -16,47 +16,14 @@ import torch.nn.functional as F
 from .core import ParameterError, data_dir, get_device
 
 # %% auto #0
-__all__ = ['FASHION_CLASSES', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES', 'DIGIT_CLASSES', 'KMNIST_CLASSES', 'DATASETS', 'SPLITS',
-           'FASHION_MNIST_SYSTEM_DIR', 'DatasetInfo', 'DatasetNotFoundError', 'ArrayDataset', 'stratified_indices',
-           'convert_images', 'grayscale', 'load_dataset', 'BatchLoader', 'random_crop', 'random_hflip',
-           'standard_augment', 'color_jitter', 'random_resized_crop', 'random_grayscale', 'simclr_augment',
-           'image_grid', 'show_images']
+__all__ = ['SPLITS', 'FASHION_MNIST_SYSTEM_DIR', 'DatasetNotFoundError', 'ArrayDataset', 'stratified_indices', 'convert_images',
+           'grayscale', 'load_dataset', 'BatchLoader', 'random_crop', 'random_hflip', 'standard_augment',
+           'color_jitter', 'random_resized_crop', 'random_grayscale', 'simclr_augment', 'image_grid', 'show_images']
 
 # %% ../nbs/01_data.ipynb #0ae1ccf0
-FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
-CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
-CIFAR100_CLASSES = (
-    'apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle '
-    'caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant flatfish '
-    'forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle '
-    'mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine '
-    'possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar '
-    'sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale '
-    'willow_tree wolf woman worm').split()
-DIGIT_CLASSES = [str(i) for i in range(10)]
-KMNIST_CLASSES = ['o', 'ki', 'su', 'tsu', 'na', 'ha', 'ma', 'ya', 're', 'wo']
+from .experiments import (FASHION_CLASSES, CIFAR10_CLASSES, CIFAR100_CLASSES, DIGIT_CLASSES,
+    KMNIST_CLASSES, DatasetInfo, DATASETS)
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    "What the suite knows about one dataset (also readable as a dict: `info['channels']`)."
-    name: str          # key in `DATASETS`
-    title: str         # human-readable name
-    channels: int      # image channels C
-    size: int          # image height = width
-    n_classes: int     # number of labels
-    classes: tuple     # class names, index = label
-    source: str        # 'debian+torchvision', 'sklearn' or 'torchvision'
-    def __getitem__(self, key): return getattr(self, key)
-
-DATASETS = {i.name: i for i in [
-    DatasetInfo('fashion_mnist', 'Fashion-MNIST', 1, 28, 10, tuple(FASHION_CLASSES), 'debian+torchvision'),
-    DatasetInfo('digits', 'scikit-learn digits (8x8 upsampled to 28x28)', 1, 28, 10, tuple(DIGIT_CLASSES), 'sklearn'),
-    DatasetInfo('mnist', 'MNIST', 1, 28, 10, tuple(DIGIT_CLASSES), 'torchvision'),
-    DatasetInfo('kmnist', 'Kuzushiji-MNIST', 1, 28, 10, tuple(KMNIST_CLASSES), 'torchvision'),
-    DatasetInfo('cifar10', 'CIFAR-10', 3, 32, 10, tuple(CIFAR10_CLASSES), 'torchvision'),
-    DatasetInfo('cifar100', 'CIFAR-100', 3, 32, 100, tuple(CIFAR100_CLASSES), 'torchvision'),
-    DatasetInfo('svhn', 'SVHN', 3, 32, 10, tuple(DIGIT_CLASSES), 'torchvision'),
-]}
 SPLITS = ('train', 'test')
 FASHION_MNIST_SYSTEM_DIR = Path('/usr/share/datasets/fashion-mnist')  # where the Debian package puts the files
 
