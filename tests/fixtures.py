@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 from contrastive_ablations.core import atomic_write_json, atomic_write_text, write_run_outputs
-from contrastive_ablations.experiments import EXPERIMENTS
+from contrastive_ablations.experiments import EXPERIMENTS, OOD_PLANS
 from contrastive_ablations.rundata import fmt_value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +27,13 @@ def default_metrics(plan: dict, role: str, value, seed: int, rng) -> dict:
     "Plausible random metrics for every declared metric of the plan's metric families."
     exp = EXPERIMENTS[Path(plan['notebook']).stem]
     shift = 0.0 if role == 'control' else rng.normal(0, 1)
-    m = {'status': 'ok'}
+    m, seen = {'status': 'ok'}, set()
+    ood = OOD_PLANS[plan.get('fixed', {}).get('dataset', 'fashion_mnist')]
     for fam in plan['metrics']:
         for d in exp.metrics_of(fam):
+            # as real runs: ICKD without in-run controls (one metric per role), CLEL with the dataset's OOD sets
+            if (d.family, d.role) in seen and not any(d.name.endswith('_' + s) for s in ood): continue
+            seen.add((d.family, d.role))
             lo, hi = d.lo if d.lo is not None else 0.0, d.hi if d.hi is not None else 500.0
             centre = lo + 0.7 * (min(hi, lo + 100) - lo)
             m[d.name] = float(np.clip(centre + (shift + rng.normal(0, 1)) * 0.02 * (min(hi, lo + 100) - lo), lo, hi))
