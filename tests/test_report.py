@@ -98,11 +98,12 @@ def test_not_significant_states_the_detectable_difference(tmp_path):
 def test_nan_metrics_and_diverged_runs_are_counted(tmp_path):
     d = write_study(tmp_path, seeds=3)
     run = sorted(p for p in d.iterdir() if p.name.startswith('delta=0.1-seed=0'))[0]
-    m = json.loads((run / 'metrics.json').read_text()); m['teacher_top1'] = None
-    (run / 'metrics.json').write_text(json.dumps(m))
+    m = json.loads((run / 'metrics.json').read_text()); m['teacher_top1'] = None; m['student_top1'] = float('inf')
+    (run / 'metrics.json').write_text(json.dumps(m))   # Python writes Infinity: missing, like null
     st = load_study(d)
     s = summarize(st, [st.metric('teacher_top1')]).set_index('variant')
-    assert s.loc['0.1', 'n'] == 2 and s.loc['0.5', 'n'] == 3
+    assert s.loc['0.1', 'n'] == 2 and s.loc['0.5', 'n'] == 3 and (st.runs.status[st.runs.run_id == run.name] == 'ok').all()
+    assert summarize(st, [st.metric('student_top1')]).set_index('variant').loc['0.1', 'n'] == 2
     assert sorted(st.runs.status[st.runs.status != 'ok']) == ['diverged', 'failed']
     assert '2 of' in format_report(st) and 'synthetic failure' in format_report(st)
 
@@ -110,7 +111,9 @@ def test_nan_metrics_and_diverged_runs_are_counted(tmp_path):
 @pytest.mark.parametrize('content, why', [('[]', 'expected a JSON object, found a JSON array'),
                                           ('"done"', 'expected a JSON object, found a JSON string'),
                                           ('{"status": "ok", "teacher_top1": "high"}', "'teacher_top1' = 'high' is not a number"),
-                                          ('{"status": "ok", "teacher_', 'not a valid JSON file')])
+                                          ('{"status": "ok", "teacher_', 'not a valid JSON file'),
+                                          ('{"status": "ok", "teacher_top1": -5}', "'teacher_top1' = -5 is outside its range [0, 100]"),
+                                          ('{"status": "finished"}', "field 'status' = 'finished' is not one of ok, diverged, failed")])
 def test_bad_metrics_file_marks_the_run(tmp_path, content, why):
     d = write_study(tmp_path, seeds=2, broken=False)
     run = sorted(p for p in d.iterdir() if p.is_dir())[0]
