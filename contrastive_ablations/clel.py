@@ -5,8 +5,7 @@
 # %% ../nbs/23_clel.ipynb #bbaac888
 from __future__ import annotations
 import copy, math, time
-from dataclasses import dataclass, asdict, replace
-from pathlib import Path
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -14,18 +13,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (PROFILES, Param, ParameterError, validate_params, check_profile, get_device,
-                                        seed_everything, atomic_write_json)
-from .data import DATASETS, load_dataset, BatchLoader, simclr_augment, random_hflip, random_crop, image_grid
+from .core import get_device, seed_everything
+from .experiments import CLEL, DATASETS
+from .data import load_dataset, BatchLoader, simclr_augment, random_hflip, random_crop, image_grid
 from .ebm import create_ebm, SphericalEBM
 from .sampler import ReplayBuffer, SGLDSampler, dequantize
-from .contrastive import FRAMEWORKS, create_framework, ema_update_  # EMA of parameters, buffers copied
+from .contrastive import create_framework, ema_update_  # EMA of parameters, buffers copied
 from .training import fit, DivergedError, TrainResult
 
 # %% auto #0
-__all__ = ['BUFFER_AUGMENTS', 'CLEL_FRAMEWORKS', 'PARAMS', 'CURVE_COLUMNS', 'CLELConfig', 'profile_config', 'make_buffer_augment',
-           'refresh_spectral_norm_', 'CLELModel', 'build_clel', 'evaluate', 'CLELTrainer', 'build_trainer',
-           'save_sample_grid', 'plot_curves', 'run_experiment']
+__all__ = ['CURVE_COLUMNS', 'CLELConfig', 'profile_config', 'make_buffer_augment', 'refresh_spectral_norm_', 'CLELModel',
+           'build_clel', 'evaluate', 'CLELTrainer', 'build_trainer', 'sample_grid_png', 'plot_curves', 'run_experiment',
+           'run']
 
 # %% ../nbs/23_clel.ipynb #4604e83d
 @dataclass
@@ -68,66 +67,20 @@ class CLELConfig:
     @property
     def iterations(self) -> int: return self.epochs * self.steps_per_epoch
 
-_PROFILE_OVERRIDES = {
-    'smoke': dict(ebm_widths=(8, 16), ebm_head_hidden=16, ebm_proj_hidden=16, latent_dim=16, batch_size=16, epochs=1,
-                  steps_per_epoch=3, n_train=512, sgld_steps=3, buffer_size=64, ebm_warmup=1, ema_halflife=32.0,
-                  fid_n_samples=100, fid_n_reference=100, fid_source='fresh', fresh_rounds=1, fid_extractor='fmnist_cnn_tiny', ood_n=64),
-    'quick': dict(),
-    'paper': dict(ebm_arch='base', ebm_init_std=0.01, ebm_head_hidden=2048, ebm_proj_hidden=2048, latent_dim=128, encoder_arch='resnet18',
-                  batch_size=64, epochs=100, steps_per_epoch=1000, sgld_steps=60, sgld_step_size=100.0, sgld_noise=0.001,
-                  buffer_size=10000, reinit_prob=0.001, buffer_augment='simclr', ebm_lr=1e-4, ebm_warmup=2000,
-                  ema_halflife=20000.0, fid_n_samples=50000, fid_n_reference=10000, fid_source='fresh', fresh_rounds=10,
-                  ood_n=10000),
-}
-
 def profile_config(profile: str = 'quick',          # 'smoke', 'quick' or 'paper'
-                   dataset: str = 'fashion_mnist',  # a key of data.DATASETS
+                   dataset: str = 'fashion_mnist',  # a key of experiments.DATASETS
                   ) -> CLELConfig:
     "The CLEL configuration of a profile for a dataset."
-    check_profile(profile)
-    if dataset not in DATASETS:
-        raise ParameterError(f"parameter 'dataset' = {dataset!r} is not a known dataset; valid: {', '.join(DATASETS)}")
-    cfg = replace(CLELConfig(dataset=dataset), **_PROFILE_OVERRIDES[profile])
+    CLEL.validate({'profile': profile, 'dataset': dataset})
+    cfg = replace(CLELConfig(dataset=dataset), **CLEL.profiles[profile])
     if profile == 'smoke' and (DATASETS[dataset].channels, DATASETS[dataset].size) != (1, 28):
         cfg = replace(cfg, fid_extractor='auto')   # the tiny classifier extractor reads 1x28x28 only
     return cfg
 
-# %% ../nbs/23_clel.ipynb #bfbdf374
-BUFFER_AUGMENTS = ('none', 'flip', 'crop_flip', 'simclr')
-CLEL_FRAMEWORKS = FRAMEWORKS + ('none',)
-
-PARAMS = {
-    'framework': Param(str, 'simclr', choices=CLEL_FRAMEWORKS, doc="self-supervised encoder; 'none' = no encoder (β term off)"),
-    'norm_direction': Param(bool, True, doc='True: E = ½‖f‖² − β zᵀĝ (CLEL); False: REMOVE variant ½‖f‖² − β zᵀf'),
-    'beta': Param(float, 0.01, lo=0, doc='training weight of the latent term'),
-    'seed': Param(int, 0, lo=0, doc='random seed'),
-    'profile': Param(str, 'quick', choices=PROFILES, doc='scale profile'),
-    'dataset': Param(str, 'fashion_mnist', choices=tuple(DATASETS), doc='training data'),
-    'out_dir': Param(str, 'runs/manual/clel', doc='where the run writes its files'),
-    'device': Param(str, 'auto', doc="'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    'sgld_steps': Param(int, None, lo=0, allow_none=True, doc='SGLD steps per iteration'),
-    'sgld_step_size': Param(float, None, lo=0, allow_none=True, doc='SGLD gradient step η'),
-    'sgld_noise': Param(float, None, lo=0, allow_none=True, doc='SGLD noise σ'),
-    'sgld_grad_clip': Param(float, None, lo=0, allow_none=True, doc='per-sample gradient-norm clip; 0 = no clipping'),
-    'buffer_size': Param(int, None, lo=1, allow_none=True, doc='replay buffer images'),
-    'reinit_prob': Param(float, None, lo=0, hi=1, allow_none=True, doc='probability a drawn chain restarts from noise'),
-    'buffer_augment': Param(str, None, choices=BUFFER_AUGMENTS, allow_none=True, doc='augmentation of drawn buffer images'),
-    'iterations': Param(int, None, lo=1, allow_none=True, doc='training iterations'),
-    'batch_size': Param(int, None, lo=2, allow_none=True, doc='images per iteration'),
-    'ebm_lr': Param(float, None, lo=0, lo_open=True, allow_none=True, doc="EBM Adam learning rate"),
-    'encoder_lr': Param(float, None, lo=0, lo_open=True, allow_none=True, doc="encoder learning rate"),
-    'alpha': Param(float, 1.0, lo=0, doc='energy-magnitude regulariser α'),
-    'test_beta': Param(float, 0.1, lo=0, doc='β of the joint OOD score −E(x, h(x))'),
-    'fid_n_samples': Param(int, None, lo=2, allow_none=True, doc='generated images for FID'),
-    'fid_source': Param(str, None, choices=('fresh', 'buffer'), allow_none=True, doc='FID samples from fresh EMA chains or the buffer'),
-    'download': Param(bool, False, doc='let torchvision download missing datasets'),
-}
-
 # %% ../nbs/23_clel.ipynb #0665c8ec
 def make_buffer_augment(name: str):
     "The augmentation applied to drawn buffer images: callable (x, generator) -> x, or None."
-    if name not in BUFFER_AUGMENTS: raise ParameterError(f"parameter 'buffer_augment' = {name!r}; valid: {', '.join(BUFFER_AUGMENTS)}")
-    if name == 'none': return None
+    if CLEL.knobs['buffer_augment'].check('buffer_augment', name) in (None, 'none'): return None
     if name == 'flip': return lambda x, generator=None: random_hflip(x, generator=generator)
     if name == 'crop_flip': return lambda x, generator=None: random_hflip(random_crop(x, 2, generator=generator), generator=generator)
     return lambda x, generator=None: simclr_augment(x, generator=generator).clamp(0, 1)
@@ -179,16 +132,15 @@ class CLELModel(nn.Module):
 # %% ../nbs/23_clel.ipynb #2e4a627c
 def _resolve(params: dict):
     "Validated params and the profile config with the overrides applied."
-    p = validate_params(PARAMS, params)
+    p = CLEL.validate(params)
     cfg = profile_config(p['profile'], p['dataset'])
-    over = {k: p[k] for k in ('sgld_steps', 'sgld_step_size', 'sgld_noise', 'buffer_size', 'reinit_prob', 'buffer_augment',
-                              'batch_size', 'ebm_lr', 'encoder_lr', 'fid_n_samples', 'fid_source') if p[k] is not None}
+    # every knob that names a field of CLELConfig overrides the profile's value unless it is None
+    over = {f.name: p[f.name] for f in fields(CLELConfig) if p.get(f.name) is not None}
     if p['sgld_grad_clip'] is not None: over['sgld_grad_clip'] = p['sgld_grad_clip'] or None   # 0 -> no clipping
     if p['iterations'] is not None:
         # keep about the profile's epoch length; the total is rounded up to whole epochs (at most epochs-1 extra)
         epochs = math.ceil(p['iterations'] / cfg.steps_per_epoch)
         over.update(epochs=epochs, steps_per_epoch=math.ceil(p['iterations'] / epochs))
-    over.update(alpha=p['alpha'], test_beta=p['test_beta'], download=p['download'])
     return p, replace(cfg, **over)
 
 def build_clel(framework: str, norm_direction: bool, beta: float, cfg: CLELConfig, info) -> CLELModel:
@@ -270,7 +222,7 @@ class CLELTrainer:
     after_step: object   # after_step(step): framework bookkeeping (EMA target, queue) and the EMA copies
     config: CLELConfig
 
-def build_trainer(p: dict,            # validated params (see PARAMS)
+def build_trainer(p: dict,            # checked parameters (CLEL.validate)
                   cfg: CLELConfig,    # the resolved configuration
                   device,             # torch device
                   gen: torch.Generator,  # CPU generator for dequantisation, augmentation, buffer and SGLD noise
@@ -321,16 +273,17 @@ def _curves(res: TrainResult) -> pd.DataFrame:
         if c not in df: df[c] = np.nan
     return df[CURVE_COLUMNS]
 
-def save_sample_grid(samples: torch.Tensor, path, nrow: int = 8, title: str | None = None):
-    "Write a PNG grid of images [N,C,H,W] in [0,1]."
-    import matplotlib; import matplotlib.pyplot as plt
+def sample_grid_png(samples: torch.Tensor, nrow: int = 8, title: str | None = None) -> bytes:
+    "A PNG grid of images [N,C,H,W] in [0,1], as bytes (a run artifact)."
+    import io, matplotlib.pyplot as plt
     grid = image_grid(samples[:nrow * nrow].clamp(0, 1), nrow)
     img = grid[0].numpy() if grid.shape[0] == 1 else grid.permute(1, 2, 0).numpy()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
     fig, ax = plt.subplots(figsize=(6, 6 * img.shape[0] / img.shape[1]))
     ax.imshow(img, cmap='gray' if grid.shape[0] == 1 else None, vmin=0, vmax=1, interpolation='nearest'); ax.axis('off')
     if title: ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches='tight'); plt.close(fig)
+    fig.savefig(buf, format='png', dpi=100, bbox_inches='tight'); plt.close(fig)
+    return buf.getvalue()
 
 # %% ../nbs/23_clel.ipynb #03a8fb9e
 def plot_curves(curves: pd.DataFrame, title: str = ''):
@@ -349,7 +302,7 @@ def plot_curves(curves: pd.DataFrame, title: str = ''):
 
 # %% ../nbs/23_clel.ipynb #80565670
 def run_experiment(**params) -> tuple[dict, pd.DataFrame, dict]:
-    "Train CLEL with `params` (see PARAMS) and evaluate it: (metrics, curves, extras); writes samples.png and metrics_info.json."
+    "Train CLEL with `params` (see experiments.CLEL.knobs) and evaluate it: (metrics, curves, extras)."
     t_start = time.perf_counter()
     p, cfg = _resolve(params)
     device = get_device(p['device'])
@@ -378,13 +331,17 @@ def run_experiment(**params) -> tuple[dict, pd.DataFrame, dict]:
     else:
         metrics.update(fid=float('nan'), fid_n_samples=0, auroc_mean=float('nan'))
         info.update(fid_source='not evaluated (diverged)', fid_extractor='')
-    out_dir = Path(p['out_dir'])
     grid = samples if samples is not None else buffer.images[:64].cpu()
-    grid_src = ('replay buffer (online EBM; run diverged)' if samples is None else
-                'EMA EBM fresh chains' if cfg.fid_source == 'fresh' else 'buffer chains continued by the EMA EBM')
-    save_sample_grid(grid, out_dir / 'samples.png', title=f"{p['framework']}, norm_direction={p['norm_direction']}: {grid_src}")
+    info['samples_png'] = ('replay buffer (online EBM; run diverged)' if samples is None else
+                           'EMA EBM fresh chains' if cfg.fid_source == 'fresh' else 'buffer chains continued by the EMA EBM')
     metrics['wall_time_s'] = time.perf_counter() - t_start
-    info['samples_png'] = grid_src
-    atomic_write_json(out_dir / 'metrics_info.json', info)
     extras = dict(model=model, sampler=sampler, samples=grid, config=cfg, params=p, result=res, info=info)
     return metrics, curves, extras
+
+def run(params: dict,  # checked parameters (experiments.check_injected or CLEL.validate)
+       ) -> tuple[dict, pd.DataFrame, dict]:
+    "The experiment protocol: (metrics, curves, artifacts); the artifacts are samples.png and metrics_info.json."
+    metrics, curves, extras = run_experiment(**params)
+    p, info = extras['params'], extras['info']
+    title = f"{p['framework']}, norm_direction={p['norm_direction']}: {info['samples_png']}"
+    return metrics, curves, {'samples.png': sample_grid_png(extras['samples'], title=title), 'metrics_info.json': info}

@@ -4,8 +4,8 @@
 
 # %% ../nbs/24_clel_metrics.ipynb #cddbeffb
 from __future__ import annotations
-import hashlib, json, logging, os, socket, time, urllib.request
-from dataclasses import dataclass, field
+import hashlib, logging, os, socket, time, urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,18 +18,20 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from .core import ParameterError, atomic_write_json, cache_dir, get_device, read_json
+from .core import (ParameterError, atomic_write_bytes, atomic_write_json, cache_dir, file_lock,
+                                        get_device, read_json)
+from .experiments import DATASETS, OOD_PLANS
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'FMNIST_MEAN', 'FMNIST_STD', 'ARCH_VERSION', 'EXTRACTOR_PRESETS', 'CLASSIFIER_EXTRACTOR', 'INCEPTION_EXTRACTOR',
-           'INCEPTION_FILE', 'OOD_PLANS', 'feature_statistics', 'frechet_distance', 'fid_from_features', 'check_images',
-           'to_uint8', 'UInt8Images', 'FIDFeatureCNN', 'classifier_accuracy', 'train_feature_cnn',
-           'ClassifierExtractor', 'load_classifier_extractor', 'save_classifier_extractor', 'get_fmnist_extractor',
-           'TorchFidelityClassifier', 'register_classifier_extractor', 'extract_features', 'inception_candidates',
-           'find_inception_weights', 'inception_unavailable_reason', 'resolve_fid_extractor', 'fid_score', 'auroc',
-           'score_images', 'ood_aurocs', 'build_ood_sets', 'ood_sets']
+           'INCEPTION_FILE', 'feature_statistics', 'frechet_distance', 'fid_from_features', 'check_images', 'to_uint8',
+           'UInt8Images', 'FIDFeatureCNN', 'train_feature_cnn', 'ClassifierExtractor', 'load_classifier_extractor',
+           'save_classifier_extractor', 'get_fmnist_extractor', 'TorchFidelityClassifier',
+           'register_classifier_extractor', 'extract_features', 'inception_candidates', 'find_inception_weights',
+           'inception_unavailable_reason', 'resolve_fid_extractor', 'fid_score', 'auroc', 'score_images', 'ood_aurocs',
+           'build_ood_sets', 'ood_sets']
 
 # %% ../nbs/24_clel_metrics.ipynb #2a2d6b17
 def feature_statistics(feats, # features [N,D], N >= 2
@@ -132,13 +134,6 @@ def _data_hash(x: torch.Tensor, y: torch.Tensor) -> str:
     h = hashlib.sha256(to_uint8(x).numpy().tobytes()); h.update(y.numpy().astype(np.int64).tobytes())
     return h.hexdigest()[:16]
 
-@torch.no_grad()
-def classifier_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    "Top-1 accuracy in [0,1] of `model` on images x [N,C,H,W], labels y [N] (eval mode, batched)."
-    model.eval()
-    pred = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    return float((pred == y).float().mean())
-
 def train_feature_cnn(x_train: torch.Tensor, y_train: torch.Tensor, # training images [N,1,28,28] in [0,1], labels [N]
                       x_test: torch.Tensor, y_test: torch.Tensor,   # held-out images and labels for the accuracy
                       widths: tuple = (16, 32), feature_dim: int = 128,
@@ -147,26 +142,24 @@ def train_feature_cnn(x_train: torch.Tensor, y_train: torch.Tensor, # training i
     "Train `FIDFeatureCNN`; return (model in eval mode on the CPU, metadata dict with the test accuracy)."
     check_images(x_train, 'x_train', channels=1, size=28, min_n=batch_size)
     if epochs < 1: raise ParameterError(f"parameter 'epochs' = {epochs!r}; valid: an int >= 1")
-    g = torch.Generator().manual_seed(seed); torch.manual_seed(seed)
+    from contrastive_ablations.data import ArrayDataset, BatchLoader
+    from contrastive_ablations.training import accuracy, fit
+    torch.manual_seed(seed)
     model = FIDFeatureCNN(widths, feature_dim, int(y_train.max()) + 1)
-    steps_per_epoch = len(x_train) // batch_size
+    classes = list(range(model.head.out_features))
+    loader = BatchLoader(ArrayDataset(x_train, y_train, classes, 'FID extractor training set'), batch_size, seed=seed, device='cpu')
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
     t0, c0 = time.time(), time.process_time(); model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x_train), generator=g)
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+    res = fit(lambda x, y, step: {'loss': F.cross_entropy(model(x), y)}, loader, epochs, opt, sched, progress=False)
     train_s, cpu_s = time.time() - t0, time.process_time() - c0
     model.eval().requires_grad_(False)
     meta = dict(arch='FIDFeatureCNN', arch_version=ARCH_VERSION, widths=list(widths), feature_dim=feature_dim,
                 n_classes=model.head.out_features, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                 n_train=len(x_train), n_test=len(x_test), train_data_hash=_data_hash(x_train, y_train),
-                test_accuracy=classifier_accuracy(model, x_test, y_test), train_time_s=round(train_s, 2),
+                test_accuracy=accuracy(model, ArrayDataset(x_test, y_test, classes), 'cpu'), train_time_s=round(train_s, 2),
                 train_cpu_s=round(cpu_s, 2), torch_threads=torch.get_num_threads(),
-                final_train_loss=float(loss.detach()), torch_version=torch.__version__)
+                final_train_loss=float(res.steps['loss'].iloc[-1]), torch_version=torch.__version__)
     return model, meta
 
 # %% ../nbs/24_clel_metrics.ipynb #d1a01930
@@ -214,25 +207,14 @@ def load_classifier_extractor(path) -> ClassifierExtractor:
 
 def save_classifier_extractor(model: FIDFeatureCNN, meta: dict, path) -> ClassifierExtractor:
     "Save weights (atomically) and metadata with the weights' SHA-256; return the record."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    torch.save(model.state_dict(), tmp); os.replace(tmp, path)
-    meta = dict(meta, weights_sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    import io
+    buf = io.BytesIO(); torch.save(model.state_dict(), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    meta = dict(meta, weights_sha256=hashlib.sha256(buf.getvalue()).hexdigest())
     atomic_write_json(_meta_path(path), meta)
     return ClassifierExtractor(path, meta)
 
 # %% ../nbs/24_clel_metrics.ipynb #2cf61f4a
-class _FileLock:
-    "Exclusive lock on a file (POSIX flock; a no-op where fcntl is missing)."
-    def __init__(self, path): self.path = Path(path)
-    def __enter__(self):
-        self.f = open(self.path, 'w')
-        try:
-            import fcntl; fcntl.flock(self.f, fcntl.LOCK_EX)
-        except ImportError: pass
-        return self
-    def __exit__(self, *exc): self.f.close()  # closing releases the lock
-
 def get_fmnist_extractor(preset: str = 'full',          # 'full' (reported FIDs) or 'tiny' (demos, tests)
                          train_if_missing: bool = True, # train (and cache) when no cached copy exists
                          seed: int = 0,                 # training seed (part of the cache key)
@@ -250,7 +232,7 @@ def get_fmnist_extractor(preset: str = 'full',          # 'full' (reported FIDs)
     stem = (f"fmnist_cnn_v{ARCH_VERSION}_w{w[0]}-{w[1]}_d{d}_e{cfg['epochs']}_n{cfg['n_train'] or 'all'}_b{cfg['batch_size']}_s{seed}")
     folder = cache_dir() / 'fid_extractors'; folder.mkdir(parents=True, exist_ok=True)
     path = folder / f'{stem}.pt'
-    with _FileLock(folder / f'{stem}.lock'):
+    with file_lock(folder / f'{stem}.lock'):   # two runs never train the same extractor at once
         if path.is_file() and _meta_path(path).is_file(): return load_classifier_extractor(path)
         if not train_if_missing:
             raise FileNotFoundError(f"no cached FID extractor {path}; call get_fmnist_extractor({preset!r}, "
@@ -349,7 +331,6 @@ def inception_unavailable_reason() -> str:
 
 # %% ../nbs/24_clel_metrics.ipynb #2d27b9b3
 def _dataset_info(dataset: str):
-    from contrastive_ablations.data import DATASETS
     if dataset not in DATASETS:
         raise ParameterError(f"parameter 'dataset' = {dataset!r} is not a known dataset; valid: {', '.join(DATASETS)}")
     return DATASETS[dataset]
@@ -463,11 +444,6 @@ def ood_aurocs(score_fn: Callable,   # images [B,C,H,W] -> scores [B]; higher = 
     return res
 
 # %% ../nbs/24_clel_metrics.ipynb #d44d2c8e
-OOD_PLANS = {
-    'fashion_mnist': ('digits', 'mnist', 'kmnist', 'uniform', 'vflip', 'interp'),
-    'cifar10': ('svhn', 'cifar100', 'interp', 'uniform'),
-}
-
 def _draw(x: torch.Tensor, n: int, g: torch.Generator, what: str) -> torch.Tensor:
     "n images of x without replacement (all of them, with a log line, when x has fewer)."
     if len(x) < n: log.info(f"OOD set {what!r}: only {len(x)} images available (asked for {n})"); n = len(x)

@@ -5,19 +5,19 @@
 # %% ../nbs/22_contrastive.ipynb #5bbf14be
 from __future__ import annotations
 import copy, math
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import Param, ParameterError, validate_params
+from .experiments import FRAMEWORKS  # the self-supervised methods CLEL can be paired with
 
 # %% auto #0
-__all__ = ['ARCHS', 'HEAD_HIDDEN', 'MAE_SIZES', 'FRAMEWORKS', 'SmallConvNet', 'ResNet18Cifar', 'mlp_head', 'make_backbone',
-           'nt_xent_loss', 'info_nce_loss', 'FeatureQueue', 'ema_update_', 'byol_loss', 'cosine_momentum', 'patchify',
-           'unpatchify', 'random_patch_mask', 'mae_loss', 'sincos_pos_embed', 'TinyMAE', 'ContrastiveFramework',
-           'SimCLR', 'MoCo', 'BYOL', 'MAE', 'create_framework']
+__all__ = ['ARCHS', 'HEAD_HIDDEN', 'MAE_SIZES', 'SmallConvNet', 'ResNet18Cifar', 'mlp_head', 'make_backbone', 'nt_xent_loss',
+           'info_nce_loss', 'FeatureQueue', 'ema_update_', 'byol_loss', 'cosine_momentum', 'patchify', 'unpatchify',
+           'random_patch_mask', 'mae_loss', 'sincos_pos_embed', 'TinyMAE', 'ContrastiveFramework', 'SimCLR', 'MoCo',
+           'BYOL', 'MAE', 'create_framework']
 
 # %% ../nbs/22_contrastive.ipynb #39afbaf4
 def _standardise(x: torch.Tensor) -> torch.Tensor:
@@ -268,8 +268,6 @@ class TinyMAE(nn.Module):
         return self.decoder_pred(self.decoder_norm(t))
 
 # %% ../nbs/22_contrastive.ipynb #5d7ae788
-FRAMEWORKS = ('simclr', 'byol', 'moco', 'mae')  # the self-supervised methods CLEL can be paired with
-
 class ContrastiveFramework(nn.Module):
     "Base class: a self-supervised encoder that gives CLEL its latent directions."
     name: str = ''
@@ -286,7 +284,7 @@ class ContrastiveFramework(nn.Module):
             raise ValueError(f"parameter '{what}' has shape {shape}; expected [B, {self.in_channels}, "
                              f"{self.image_size}, {self.image_size}] images in [0,1]")
 
-    def _check_generated(self, g, batch):
+    def _check_generated(self, g):
         if g is None: return None
         if not torch.is_tensor(g) or g.dim() != 2 or g.shape[1] != self.latent_dim:
             shape = tuple(g.shape) if torch.is_tensor(g) else type(g).__name__
@@ -305,7 +303,7 @@ class ContrastiveFramework(nn.Module):
         "(scalar loss, dict of floats) for two views [B,C,H,W] and optional generated directions [M, latent_dim]."
         self._check_images(view1, 'view1'); self._check_images(view2, 'view2')
         if view1.shape != view2.shape: raise ValueError(f"parameters 'view1' {tuple(view1.shape)} and 'view2' {tuple(view2.shape)} differ in shape")
-        return self._loss(view1, view2, self._check_generated(generated, len(view1)))
+        return self._loss(view1, view2, self._check_generated(generated))
 
     @torch.no_grad()
     def after_step(self):

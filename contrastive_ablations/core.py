@@ -4,8 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #6d3feb36
 from __future__ import annotations
-import contextlib, difflib, fcntl, json, os, random, sys, tempfile, time
-from dataclasses import dataclass, field, replace
+import contextlib, difflib, fcntl, json, math, os, random, sys, tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 # should start in a fraction of a second, not the ~3 s that importing torch costs.
 
 # %% auto #0
-__all__ = ['PROFILES', 'RUN_STATUSES', 'ParameterError', 'Param', 'validate_params', 'check_profile', 'get_device',
+__all__ = ['PROFILES', 'RUN_STATUSES', 'ParameterError', 'Param', 'validate_params', 'same_value', 'check_profile', 'get_device',
            'seed_everything', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json',
            'write_run_outputs', 'cache_dir', 'data_dir', 'in_notebook', 'package_root', 'LockedError', 'file_lock']
 
@@ -112,6 +112,14 @@ def validate_params(specs: dict[str, Param], # the experiment's parameter declar
     out = {n: s.check(n, params.get(n, s.default), where) for n, s in specs.items() if s.depends_on is None}
     out.update({n: s.given(out).check(n, params.get(n, s.default), where) for n, s in specs.items() if s.depends_on is not None})
     return {n: out[n] for n in specs}
+
+def same_value(a, b) -> bool:
+    "Whether two parameter values are the same: equal types for booleans, floats equal up to rounding."
+    flags = isinstance(a, (bool, np.bool_)), isinstance(b, (bool, np.bool_))
+    if any(flags): return all(flags) and bool(a) == bool(b)
+    if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return a == b
 
 def check_profile(profile: str) -> str:
     "Return `profile` if it is one of `PROFILES`, else raise `ParameterError`."
@@ -233,7 +241,10 @@ def package_root() -> Path:
     return Path(contrastive_ablations.__file__).resolve().parent.parent
 
 class LockedError(RuntimeError):
-    "Another process holds the lock."
+    "Another process holds the lock; `holder` is what it wrote into the lock file."
+    def __init__(self, path, holder: str):
+        self.path, self.holder = Path(path), holder
+        super().__init__(f'{path} is held by {holder}')
 
 @contextlib.contextmanager
 def file_lock(path,                 # the lock file (created when missing)
@@ -244,5 +255,5 @@ def file_lock(path,                 # the lock file (created when missing)
     with open(path, 'a+') as f:
         try: fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
-            f.seek(0); raise LockedError(f'{path} is held by {f.read().strip() or "another process"}') from None
+            f.seek(0); raise LockedError(path, f.read().strip() or 'another process') from None
         yield f

@@ -21,8 +21,7 @@ __all__ = ['SPLITS', 'FASHION_MNIST_SYSTEM_DIR', 'DatasetNotFoundError', 'ArrayD
            'color_jitter', 'random_resized_crop', 'random_grayscale', 'simclr_augment', 'image_grid', 'show_images']
 
 # %% ../nbs/01_data.ipynb #0ae1ccf0
-from .experiments import (FASHION_CLASSES, CIFAR10_CLASSES, CIFAR100_CLASSES, DIGIT_CLASSES,
-    KMNIST_CLASSES, DatasetInfo, DATASETS)
+from .experiments import DATASETS
 
 SPLITS = ('train', 'test')
 FASHION_MNIST_SYSTEM_DIR = Path('/usr/share/datasets/fashion-mnist')  # where the Debian package puts the files

@@ -125,10 +125,6 @@ class SphericalEBM(nn.Module):
         "The vector the latent term uses: g(f)/‖g(f)‖ (separated) or f itself (variant); [B,d] -> [B,d]."
         return F.normalize(self.g(f), dim=1) if self.norm_direction else f
 
-    def generated_latents(self, x):
-        "Directions of (generated) images ĝ(f(x)), unit-normalised, for the encoder's extra negatives: [B,d]."
-        return F.normalize(self.direction(self.features(x)), dim=1)
-
     def latent_alignment(self, f, z):
         "The β-weighted term: cos(g(f), z) (separated) or zᵀf (variant); f [B,d], z [B,d] unit -> [B]."
         return (self.direction(f) * z).sum(1)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_experiments.ipynb #47e16e44
 from __future__ import annotations
-import ast, difflib, json, types
+import ast, difflib, json, re, types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ __all__ = ['FASHION_CLASSES', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES', 'DIGIT_CLAS
            'ICKD_BASELINES', 'FASHION', 'ICKD', 'FRAMEWORKS', 'CLEL_FRAMEWORKS', 'BUFFER_AUGMENTS', 'CLEL_KNOBS',
            'CLEL_PROFILES', 'OOD_PLANS', 'OOD_LABELS', 'CLEL_METRICS', 'CLEL', 'EXPERIMENTS', 'METRIC_ALIASES',
            'DatasetInfo', 'Metric', 'Baseline', 'Part', 'Experiment', 'check_injected', 'parameters_cell',
-           'template_problems']
+           'template_problems', 'write_parameters_cell']
 
 # %% ../nbs/04_experiments.ipynb #0ae1ccf0
 FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
@@ -309,13 +309,14 @@ METRIC_ALIASES = {'top-1 accuracy': 'top1', 'top1 accuracy': 'top1', 'top-1': 't
 
 # %% ../nbs/04_experiments.ipynb #aa59774b
 _IPYTHON_NAMES = {'In', 'Out', 'get_ipython', 'exit', 'quit', 'open'}
+_IPYTHON_PRIVATE = re.compile(r'_+|_i{1,3}|_i?\d+|_[oid]h|__\w+__')   # _, __, _i, _i3, _3, _oh, __name__, ...
 
 def check_injected(namespace: dict,    # the template's globals() after the parameters cells
                    experiment: str,    # a name of EXPERIMENTS
                    where: str = '',    # error prefix, e.g. the template's path
                   ) -> dict:
     "The checked parameters of a template run; an injected name that is not a knob is refused."
-    values = {k: v for k, v in namespace.items() if not k.startswith('_') and k not in _IPYTHON_NAMES
+    values = {k: v for k, v in namespace.items() if not _IPYTHON_PRIVATE.fullmatch(k) and k not in _IPYTHON_NAMES
               and not isinstance(v, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type))}
     return EXPERIMENTS[experiment].validate(values, where)
 
@@ -330,6 +331,7 @@ def parameters_cell(exp: Experiment) -> str:
         lines.append(f'{lhs:<34} # {p.doc}; {p.domain()}')
     return '\n'.join(lines)
 
+# %% ../nbs/04_experiments.ipynb #fc22a6f0
 def _parameters_source(path) -> str:
     from contrastive_ablations.core import read_json
     cells = [c for c in read_json(path)['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
@@ -350,3 +352,15 @@ def template_problems(exp: Experiment, path=None) -> list:
     out += [f'{path}: {k!r} defaults to {found[k]!r} in the parameters cell, {p.default!r} in the declaration'
             for k, p in exp.knobs.items() if k in found and found[k] != p.default]
     return out
+
+def write_parameters_cell(exp: Experiment, path=None) -> Path:
+    "Rewrite the template's parameters cell from the declarations (after a knob was added or changed)."
+    from contrastive_ablations.core import atomic_write_text, read_json
+    path = Path(path or exp.notebook_path())
+    _parameters_source(path)   # exactly one tagged cell
+    nb = read_json(path)
+    cell = next(c for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', []))
+    lines = parameters_cell(exp).split('\n')
+    cell['source'] = [l + '\n' for l in lines[:-1]] + lines[-1:]
+    atomic_write_text(path, json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + '\n')
+    return path

@@ -5,7 +5,7 @@
 # %% ../nbs/11_ickd.ipynb #55cc4c43
 from __future__ import annotations
 import math, time
-from dataclasses import dataclass, asdict, replace
+from dataclasses import dataclass, asdict, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -13,29 +13,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import (PROFILES, Param, ParameterError, validate_params, check_profile,
-                                        get_device, seed_everything)
-from .data import (DATASETS, load_dataset, BatchLoader, standard_augment, simclr_augment)
+from .core import ParameterError, get_device, seed_everything
+from .experiments import ICKD
+from .data import load_dataset, BatchLoader, standard_augment, simclr_augment
 from .networks import create_model, count_parameters
+from .sampler import frozen
 from .training import fit, accuracy
-from .ickd_losses import IntraClassCriterion, student_losses, GATES, NORMALIZE
+from .ickd_losses import IntraClassCriterion, student_losses
 
 # %% auto #0
-__all__ = ['PARAMS', 'CURVE_COLUMNS', 'ICKDConfig', 'profile_config', 'ema', 'loss_volatility', 'epochs_to_frac', 'val_auc',
+__all__ = ['CURVE_COLUMNS', 'ICKDConfig', 'profile_config', 'ema', 'loss_volatility', 'epochs_to_frac', 'val_auc',
            'feature_stats', 'make_criterion', 'teacher_step_fn', 'student_step_fn', 'train_teacher', 'train_student',
-           'role_curves', 'role_metrics', 'resolve_config', 'run_experiment', 'plot_curves']
+           'role_curves', 'role_metrics', 'resolve_config', 'load_splits', 'run_experiment', 'run', 'plot_curves']
 
 # %% ../nbs/11_ickd.ipynb #7e1ca525
 @dataclass
 class ICKDConfig:
-    "Sizes and recipe of one profile (see the table above)."
-    dataset: str
-    teacher_arch: str
-    student_arch: str
-    teacher_epochs: int
-    student_epochs: int
-    batch_size: int
-    lr: float
+    "Sizes and recipe of one profile (see the table above); the defaults are the `quick` recipe."
+    dataset: str = 'fashion_mnist'
+    teacher_arch: str = 'cnn_teacher'
+    student_arch: str = 'cnn_student'
+    teacher_epochs: int = 2
+    student_epochs: int = 2
+    batch_size: int = 128
+    lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = 'cosine'          # 'cosine' (per step, to 0) or 'step' (x lr_decay at `milestones`)
@@ -48,52 +49,12 @@ class ICKDConfig:
     evals_per_epoch: int = 4          # validation points per epoch (sub-epoch resolution of convergence speed)
     n_analysis: int = 2000            # test images for the intra/inter-class distances
 
-def profile_config(profile: str = 'quick',        # one of PROFILES
-                   dataset: str = 'fashion_mnist', # a name of data.DATASETS
+def profile_config(profile: str = 'quick',        # one of core.PROFILES
+                   dataset: str = 'fashion_mnist', # a name of experiments.DATASETS
                   ) -> ICKDConfig:
     "The recipe of `profile` on `dataset`."
-    check_profile(profile)
-    if dataset not in DATASETS: raise ParameterError(f"parameter 'dataset' = {dataset!r}; valid: one of {tuple(DATASETS)}")
-    if profile == 'smoke':
-        return ICKDConfig(dataset, 'cnn_teacher', 'cnn_student', 1, 1, 64, 0.05, n_train=1024, n_test=512, n_val=256,
-                          n_analysis=256)
-    if profile == 'quick':
-        return ICKDConfig(dataset, 'cnn_teacher', 'cnn_student', 2, 2, 128, 0.05)
-    return ICKDConfig(dataset, 'resnet32x4', 'resnet8x4', 240, 240, 64, 0.05, schedule='step', milestones=(150, 180, 210),
-                      crop_padding=4, n_val=None, evals_per_epoch=1, n_analysis=5000)
-
-# %% ../nbs/11_ickd.ipynb #da1051cb
-PARAMS = dict(
-    profile=Param(str, 'quick', choices=PROFILES, doc='scale: smoke (seconds), quick (Fashion-MNIST on a CPU), paper (CIFAR-100 recipe)'),
-    dataset=Param(str, 'fashion_mnist', choices=tuple(DATASETS), doc='dataset name'),
-    download=Param(bool, False, doc='let torchvision download a missing dataset (needs internet)'),
-    seed=Param(int, 0, lo=0, doc='random seed (data order, initialisation, augmentation)'),
-    device=Param(str, 'auto', doc="'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    out_dir=Param(str, 'runs/manual/ickd', doc='where the ablation notebook writes the run files'),
-    with_controls=Param(bool, False, doc='also train a vanilla (lam=0) and an ungated teacher and their students'),
-    # --- the teacher's intra-class contrastive loss
-    lam=Param(float, 0.03, lo=0, doc='weight of the intra-class contrastive loss (0 = vanilla teacher)'),
-    delta=Param(float, 0.3, lo=0, hi=1, doc='margin threshold of the gate'),
-    gate=Param(str, 'prob', choices=GATES, doc="margin gate: prob/logit margin > delta, hinge max(0, delta - m), none"),
-    tau=Param(float, 0.1, lo=0, lo_open=True, hi=10, doc='contrastive temperature'),
-    queue_len=Param(int, 16, lo=0, hi=65536, doc='cached embeddings per class (0 = batch negatives only)'),
-    normalize=Param(str, 'batch', choices=NORMALIZE, doc='divide L_intra by the batch size or by the anchors used'),
-    proj_dim=Param(int, 0, lo=0, hi=4096, doc='projection head output size (0 = contrast the features directly)'),
-    view_aug=Param(str, 'standard', choices=('standard', 'simclr'), doc='augmentation of the positive view'),
-    # --- the student's KD recipe (fixed across a sweep)
-    T=Param(float, 4.0, lo=0, lo_open=True, hi=100, doc='distillation temperature (also used for the soft-label entropy)'),
-    kd_gamma=Param(float, 0.1, lo=0, doc='weight of the student cross-entropy'),
-    kd_alpha=Param(float, 0.9, lo=0, doc='weight of the KD term'),
-    # --- profile overrides (None = the profile's value)
-    teacher_arch=Param(str, None, allow_none=True, doc='teacher network name (networks.MODELS)'),
-    student_arch=Param(str, None, allow_none=True, doc='student network name (networks.MODELS)'),
-    teacher_epochs=Param(int, None, lo=1, hi=10000, allow_none=True, doc='teacher epochs'),
-    student_epochs=Param(int, None, lo=1, hi=10000, allow_none=True, doc='student epochs'),
-    batch_size=Param(int, None, lo=2, hi=65536, allow_none=True, doc='batch size'),
-    lr=Param(float, None, lo=0, lo_open=True, hi=10, allow_none=True, doc='initial learning rate'),
-    n_train=Param(int, None, lo=10, allow_none=True, doc='training images (class-stratified subset)'),
-    evals_per_epoch=Param(int, None, lo=1, hi=100, allow_none=True, doc='validation points per epoch'),
-)
+    ICKD.validate({'profile': profile, 'dataset': dataset})
+    return replace(ICKDConfig(dataset), **ICKD.profiles[profile])
 
 # %% ../nbs/11_ickd.ipynb #62332629
 def ema(x, beta: float = 0.9) -> np.ndarray:
@@ -166,7 +127,7 @@ def _optim(params, cfg: ICKDConfig, epochs: int, steps_per_epoch: int):
     else: f = lambda s: cfg.lr_decay ** sum(s >= m * steps_per_epoch for m in cfg.milestones)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, f)
 
-def _eval_fn(model, val, cfg, steps_per_eval, steps_per_epoch):
+def _eval_fn(model, val, steps_per_eval, steps_per_epoch):
     "Validation accuracy (%) at each (sub-)epoch end, with the fractional data epoch."
     def ev(e):
         acc = accuracy(model, val, None) * 100
@@ -185,10 +146,11 @@ def _fit(step_fn, model, train, val, cfg, epochs, opt, sched, seed, desc, progre
     k, per_eval = _layout(len(train), cfg)
     spe = per_eval * k
     model.train()
-    res = fit(step_fn, loader, epochs * k, [opt], [sched], eval_fn=_eval_fn(model, val, cfg, per_eval, spe),
+    res = fit(step_fn, loader, epochs * k, [opt], [sched], eval_fn=_eval_fn(model, val, per_eval, spe),
               steps_per_epoch=per_eval, progress=progress, desc=desc)
     return res, spe
 
+# %% ../nbs/11_ickd.ipynb #21f16aad
 def make_criterion(model: nn.Module, n_classes: int, p: dict) -> IntraClassCriterion:
     "The teacher objective of parameters `p` for `model` (on the model's device)."
     dev = next(model.parameters()).device
@@ -210,9 +172,7 @@ def teacher_step_fn(model: nn.Module, crit: IntraClassCriterion, cfg: ICKDConfig
     return step
 
 def student_step_fn(student: nn.Module, teacher: nn.Module, cfg: ICKDConfig, p: dict, g: torch.Generator):
-    "`step(x, y, step) -> dict` of the student: Hinton KD from the frozen `teacher` (eval mode, no grad)."
-    teacher.eval()
-    for q in teacher.parameters(): q.requires_grad_(False)
+    "`step(x, y, step) -> dict` of the student: Hinton KD from `teacher` (frozen by `train_student`)."
     aug = _augment_fn('standard', cfg.crop_padding)
     def step(x, y, step):
         xa = aug(x, g)
@@ -220,6 +180,7 @@ def student_step_fn(student: nn.Module, teacher: nn.Module, cfg: ICKDConfig, p: 
         return student_losses(student(xa), zt, y, p['T'], p['kd_gamma'], p['kd_alpha'])
     return step
 
+# %% ../nbs/11_ickd.ipynb #604ae4aa
 def train_teacher(train, val, cfg: ICKDConfig, p: dict, device, progress: bool = True, desc: str = 'teacher'):
     "Train one ICKD teacher; returns (model, criterion, TrainResult, steps per data epoch)."
     g = seed_everything(p['seed'])   # the teachers of a run share their initialisation
@@ -236,8 +197,9 @@ def train_student(teacher: nn.Module, train, val, cfg: ICKDConfig, p: dict, devi
     g = seed_everything(p['seed'] + 1)   # the students of a run share their initialisation
     model = create_model(cfg.student_arch, n_classes=len(train.classes), in_channels=train.x.shape[1]).to(device)
     opt, sched = _optim(model.parameters(), cfg, cfg.student_epochs, math.prod(_layout(len(train), cfg)))
-    res, spe = _fit(student_step_fn(model, teacher, cfg, p, g), model, train, val, cfg, cfg.student_epochs, opt, sched,
-                    p['seed'], desc, progress)
+    with frozen(teacher):
+        res, spe = _fit(student_step_fn(model, teacher, cfg, p, g), model, train, val, cfg, cfg.student_epochs, opt, sched,
+                        p['seed'], desc, progress)
     return model, res, spe
 
 # %% ../nbs/11_ickd.ipynb #33ba47dd
@@ -268,8 +230,7 @@ def role_metrics(role: str, curves: pd.DataFrame, top1: float, wall_s: float, n_
 def resolve_config(p: dict) -> ICKDConfig:
     "The profile's config with the parameters' overrides applied."
     cfg = profile_config(p['profile'], p['dataset'])
-    over = {k: p[k] for k in ('teacher_arch', 'student_arch', 'teacher_epochs', 'student_epochs', 'batch_size', 'lr',
-                              'n_train', 'evals_per_epoch') if p.get(k) is not None}
+    over = {f.name: p[f.name] for f in fields(ICKDConfig) if p.get(f.name) is not None}
     return replace(cfg, **over)
 
 def _roles(p):
@@ -278,18 +239,10 @@ def _roles(p):
     if p['with_controls']: roles += [('vanilla_', {'lam': 0.}), ('nogate_', {'gate': 'none'})]
     return roles
 
-def _nan_metrics(role, teacher):
-    m = {f'{role}_{k}': float('nan') for k in ('top1', 'loss_volatility', 'epochs_to_95pct', 'val_auc', 'wall_s')}
-    if teacher: m.update({f'{role}_{k}': float('nan') for k in ('selected_frac', 'intra_dist', 'inter_dist', 'soft_entropy')})
-    return m
-
-def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame, dict]:
-    "Train teacher(s) and student(s) as `params` say; return (metrics, curves, extras)."
-    p = validate_params(PARAMS, params)
-    cfg = resolve_config(p)
-    device = get_device(p['device'])
-    t0 = time.time()
-    train = load_dataset(cfg.dataset, 'train', download=p['download'])   # a missing dataset stops here, before any training
+# %% ../nbs/11_ickd.ipynb #e955b94a
+def load_splits(cfg: ICKDConfig, p: dict, device) -> tuple:
+    "(train, validation, test, analysis) sets of a run on `device`, subsampled as the profile says."
+    train = load_dataset(cfg.dataset, 'train', download=p['download'])
     test = load_dataset(cfg.dataset, 'test', download=p['download'])
     if cfg.n_train: train = train.subset(min(cfg.n_train, len(train)), seed=p['seed'])
     if cfg.n_test: test = test.subset(min(cfg.n_test, len(test)), seed=0)
@@ -297,8 +250,21 @@ def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame,
     train, test, val = train.to(device), test.to(device), val.to(device)
     if len(train) < cfg.batch_size:
         raise ParameterError(f"parameter 'batch_size' = {cfg.batch_size} is larger than the training set ({len(train)} images)")
+    return train, val, test, test.subset(min(cfg.n_analysis, len(test)), seed=0)
+
+def _nan_metrics(role: str) -> dict:
+    "NaN for every declared metric of a role that was not trained."
+    return {m.name: float('nan') for m in ICKD.metrics if m.name.startswith(f'{role}_')}
+
+# %% ../nbs/11_ickd.ipynb #dfe3d7fa
+def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame, dict]:
+    "Train teacher(s) and student(s) as `params` say; return (metrics, curves, extras)."
+    p = ICKD.validate(params)
+    cfg = resolve_config(p)
+    device = get_device(p['device'])
+    t0 = time.time()
+    train, val, test, ana = load_splits(cfg, p, device)   # a missing dataset stops here, before any training
     n_classes = len(train.classes)
-    ana = test.subset(min(cfg.n_analysis, len(test)), seed=0)
     metrics, curves, extras = {}, [], {'config': asdict(cfg), 'models': {}, 'results': {},
                                        'n_params': {}, 'device': str(device)}
     status = 'ok'
@@ -306,7 +272,7 @@ def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame,
         tp = {**p, **over}
         t_role, s_role = f'{prefix}teacher', f'{prefix}student'
         if status != 'ok':
-            metrics.update(_nan_metrics(t_role, True)); metrics.update(_nan_metrics(s_role, False)); continue
+            metrics.update(_nan_metrics(t_role)); metrics.update(_nan_metrics(s_role)); continue
         teacher, crit, res, spe = train_teacher(train, val, cfg, tp, device, progress, desc=t_role)
         curves.append(role_curves(t_role, res, spe))
         extras['models'][t_role], extras['results'][t_role] = teacher, res
@@ -320,7 +286,7 @@ def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame,
         extras.setdefault('queue_age', {})[t_role] = crit.queue.mean_age()
         if res.status != 'ok':
             status = 'diverged'; extras['message'] = f'{t_role}: {res.message}'
-            metrics.update(_nan_metrics(s_role, False)); continue
+            metrics.update(_nan_metrics(s_role)); continue
         student, sres, sspe = train_student(teacher, train, val, cfg, tp, device, progress, desc=s_role)
         curves.append(role_curves(s_role, sres, sspe))
         extras['models'][s_role], extras['results'][s_role] = student, sres
@@ -330,6 +296,13 @@ def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame,
     metrics['wall_time_s'] = time.time() - t0
     metrics['status'] = status
     return metrics, pd.concat(curves, ignore_index=True), extras
+
+def run(params: dict,           # checked parameters (experiments.check_injected or ICKD.validate)
+        progress: bool = True,  # show progress bars
+       ) -> tuple[dict, pd.DataFrame, dict]:
+    "The experiment protocol: (metrics, curves, artifacts) of one run; ICKD writes no extra files."
+    metrics, curves, _ = run_experiment(progress, **params)
+    return metrics, curves, {}
 
 # %% ../nbs/11_ickd.ipynb #86f008f8
 def plot_curves(curves: pd.DataFrame, title: str = ''):

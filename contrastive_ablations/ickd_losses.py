@@ -9,11 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import Param, ParameterError
+from .core import Param, ParameterError, validate_params
+from .experiments import GATES, ICKD, NORMALIZE  # the knobs' declarations (lesson 04)
 
 # %% auto #0
-__all__ = ['MARGIN_SCORES', 'GATES', 'NORMALIZE', 'kd_losses', 'margin_scores', 'class_margin', 'margin_gate', 'ClassQueue',
-           'intra_class_contrastive', 'IntraClassCriterion', 'student_losses']
+__all__ = ['MARGIN_SCORES', 'kd_losses', 'margin_scores', 'class_margin', 'margin_gate', 'ClassQueue', 'intra_class_contrastive',
+           'IntraClassCriterion', 'student_losses']
 
 # %% ../nbs/10_kd_losses.ipynb #c87507a3
 def _check(name, value, lo=None, hi=None, lo_open=False):
@@ -55,8 +56,6 @@ def class_margin(logits: Tensor, target: Tensor, scores: str = 'prob') -> Tensor
     return margin_scores(logits.detach(), target, scores)
 
 # %% ../nbs/10_kd_losses.ipynb #2e5814e9
-GATES = ('prob', 'logit', 'hinge', 'none')  # margin gate kinds
-
 def margin_gate(logits: Tensor,   # [B, C] logits of the anchor view
                 target: Tensor,   # [B] labels
                 delta: float = 0.3,  # margin threshold
@@ -69,25 +68,26 @@ def margin_gate(logits: Tensor,   # [B, C] logits of the anchor view
     return torch.ones_like(m, dtype=torch.bool), m
 
 # %% ../nbs/10_kd_losses.ipynb #196d558b
-class ClassQueue:
-    "Per-class FIFO queue of detached embeddings: the cache of same-class negatives."
+class ClassQueue(nn.Module):
+    "Per-class FIFO queue of detached embeddings: the cache of same-class negatives (buffers move with `.to`)."
     def __init__(self,
                  n_classes: int,  # number of classes C
                  dim: int,        # embedding dimension D
                  length: int,     # entries kept per class (0 disables the cache)
-                 device=None):
-        if length < 0: raise ParameterError(f"parameter 'queue_len' = {length!r} is out of range; valid: an int in [0, inf]")
+                ):
+        super().__init__()
+        ICKD.knobs['queue_len'].check('queue_len', length)
         self.n_classes, self.dim, self.length = n_classes, dim, length
-        self.feats = torch.zeros(n_classes, length, dim, device=device)   # [C, L, D]
-        self.stamp = torch.zeros(n_classes, length, dtype=torch.long, device=device)  # push counter at insertion
-        self.count = torch.zeros(n_classes, dtype=torch.long, device=device)  # valid entries per class (<= L)
-        self.ptr = torch.zeros(n_classes, dtype=torch.long, device=device)    # next slot to overwrite per class
-        self.n_push = 0
+        self.register_buffer('feats', torch.zeros(n_classes, length, dim))                  # [C, L, D]
+        self.register_buffer('stamp', torch.zeros(n_classes, length, dtype=torch.long))     # push counter at insertion
+        self.register_buffer('count', torch.zeros(n_classes, dtype=torch.long))  # valid entries per class (<= L)
+        self.register_buffer('ptr', torch.zeros(n_classes, dtype=torch.long))    # next slot to overwrite per class
+        self.register_buffer('n_push', torch.zeros((), dtype=torch.long))       # pushes so far
 
     @torch.no_grad()
     def push(self, z: Tensor, y: Tensor):
         "Append embeddings `z` [B, D] (detached) of labels `y` [B]; the oldest entries of a full class go."
-        self.n_push += 1
+        self.n_push += 1   # in place: the buffer stays registered
         if self.length == 0 or len(y) == 0: return
         z, L = z.detach().to(self.feats.dtype), self.length
         order = torch.argsort(y, stable=True); ys, zs = y[order], z[order]
@@ -100,8 +100,8 @@ class ClassQueue:
         self.feats[ys[keep], slot[keep]] = zs[keep]
         self.stamp[ys[keep], slot[keep]] = self.n_push
         written = counts.clamp(max=L)
-        self.ptr = (self.ptr + written) % L
-        self.count = (self.count + written).clamp(max=L)
+        self.ptr.copy_((self.ptr + written) % L)
+        self.count.copy_((self.count + written).clamp(max=L))
 
     def get(self) -> tuple[Tensor, Tensor]:
         "Valid cached embeddings [M, D] and their labels [M]."
@@ -119,8 +119,6 @@ class ClassQueue:
     def __len__(self): return int(self.count.sum())
 
 # %% ../nbs/10_kd_losses.ipynb #30cc65ba
-NORMALIZE = ('batch', 'selected')  # divide the summed anchor losses by the batch size or by the number of anchors used
-
 def intra_class_contrastive(q: Tensor,  # anchor embeddings [B, D] (normalised inside)
                             k: Tensor,  # positive embeddings [B, D]: another view of the same images
                             y: Tensor,  # labels [B]
@@ -169,10 +167,8 @@ class IntraClassCriterion(nn.Module):
                  proj_dim: int = 0,    # projection head output size (0 = contrast the features directly)
                 ):
         super().__init__()
-        _check('lam', lam, 0); _check('tau', tau, 0, lo_open=True); _check('proj_dim', proj_dim, 0)
-        if gate not in GATES: raise ParameterError(f"parameter 'gate' = {gate!r}; valid: one of {GATES}")
-        if gate in ('prob', 'hinge'): _check('delta', delta, 0, 1)
-        if normalize not in NORMALIZE: raise ParameterError(f"parameter 'normalize' = {normalize!r}; valid: one of {NORMALIZE}")
+        given = dict(lam=lam, delta=delta, gate=gate, tau=tau, queue_len=queue_len, normalize=normalize, proj_dim=proj_dim)
+        validate_params({k: ICKD.knobs[k] for k in given}, given)   # the knobs' domains (delta's depends on gate)
         self.lam, self.delta, self.gate, self.tau, self.normalize = lam, delta, gate, tau, normalize
         self.proj = (nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.ReLU(inplace=True), nn.Linear(feature_dim, proj_dim))
                      if proj_dim else nn.Identity())
@@ -195,7 +191,6 @@ class IntraClassCriterion(nn.Module):
         if not self.needs_views:
             return {'loss': ce, 'ce': ce.detach(), 'intra': nan, 'hinge': nan, 'selected_frac': nan,
                     'gate_frac': nan, 'no_neg_frac': nan, 'margin': class_margin(logits, y).mean()}
-        if self.queue.feats.device != emb.device: self._move_queue(emb.device)
         mask, m = margin_gate(logits, y, self.delta, self.gate)
         q, k = self.proj(emb), self.proj(emb_pos)
         r = intra_class_contrastive(q, k, y, queue=self.queue.get(), mask=mask, tau=self.tau, normalize=self.normalize)
@@ -208,9 +203,6 @@ class IntraClassCriterion(nn.Module):
                 'hinge': hinge.detach() if hinge is not None else nan,
                 'selected_frac': r['used'].float().mean(), 'gate_frac': mask.float().mean(),
                 'no_neg_frac': (r['n_neg'] == 0).float().mean(), 'margin': m.mean()}
-
-    def _move_queue(self, device):
-        for n in ('feats', 'stamp', 'count', 'ptr'): setattr(self.queue, n, getattr(self.queue, n).to(device))
 
 # %% ../nbs/10_kd_losses.ipynb #f9489977
 def student_losses(logits_s: Tensor,  # [B, C] student logits

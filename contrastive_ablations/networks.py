@@ -4,7 +4,6 @@
 
 # %% ../nbs/02_networks.ipynb #187ccaf0
 from __future__ import annotations
-import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

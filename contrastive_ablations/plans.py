@@ -4,21 +4,21 @@
 
 # %% ../nbs/30_plans.ipynb #97206fcb
 from __future__ import annotations
-import fnmatch, importlib, re
+import re
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .core import Param, ParameterError, PROFILES, validate_params, check_profile
+from .core import ParameterError, check_profile
+from .experiments import (Baseline, EXPERIMENTS, Experiment, METRIC_ALIASES, Metric, Part)
 
 # %% auto #0
-__all__ = ['ICKD_METRICS', 'CLEL_METRICS', 'EXPERIMENTS', 'DEFAULT_SEEDS', 'SWEEP_OWNED', 'REQUIRED_FIELDS', 'OPTIONAL_FIELDS',
-           'ICKD_BASELINES', 'FASHION', 'PARTS', 'METRIC_ALIASES', 'PlanError', 'Metric', 'Experiment', 'repo_root',
-           'register_experiment', 'find_experiment', 'Baseline', 'Plan', 'select_metric_keys', 'validate_plan',
-           'plan_from_dict', 'read_yaml_plan', 'fix_mojibake', 'Part', 'canonical_metric', 'find_part', 'part_value',
-           'parse_markdown_sections', 'read_markdown_plan', 'read_plan_file', 'load_plans']
+__all__ = ['DEFAULT_SEEDS', 'SWEEP_OWNED', 'REQUIRED_FIELDS', 'OPTIONAL_FIELDS', 'PlanError', 'register_experiment',
+           'find_experiment', 'Plan', 'validate_plan', 'plan_from_dict', 'read_yaml_plan', 'fix_mojibake', 'all_parts',
+           'canonical_metric', 'find_part', 'part_value', 'parse_markdown_sections', 'read_markdown_plan',
+           'read_plan_file', 'load_plans']
 
 # %% ../nbs/30_plans.ipynb #5c2b6e33
 class PlanError(ValueError):
@@ -27,60 +27,15 @@ class PlanError(ValueError):
         self.file, self.field = str(file), field
         super().__init__(f"{file}: field '{field}': {msg}" if field else f"{file}: {msg}")
 
-@dataclass
-class Metric:
-    "One metric family a study can report."
-    pattern: str            # glob over metrics.json keys, e.g. '*_top1'
-    doc: str = ''           # plain-language name
-    higher_is_better: bool = True
-
-@dataclass
-class Experiment:
-    "A registered experiment notebook: where it is, its parameter declarations and its metrics."
-    name: str               # short name, e.g. 'ickd'
-    notebook: str           # path, relative to the repository root (or absolute)
-    params: Any             # module name whose `PARAMS` declares the parameters, or the dict itself
-    metrics: dict = field(default_factory=dict)  # metric name -> Metric
-
-    def get_params(self) -> dict:
-        "The experiment's `PARAMS` (imports its module on first use)."
-        if isinstance(self.params, dict): return self.params
-        try: mod = importlib.import_module(self.params)
-        except ImportError as e:
-            raise ImportError(f"experiment '{self.name}': cannot import {self.params} for its PARAMS ({e})") from e
-        return mod.PARAMS
-
-    def notebook_path(self) -> Path:
-        "Absolute path of the notebook."
-        p = Path(self.notebook)
-        if p.is_absolute(): return p
-        for base in (repo_root(), Path.cwd()):
-            if (base/p).exists(): return (base/p).resolve()
-        return (repo_root()/p).resolve()
-
-def repo_root() -> Path:
-    "The source checkout that holds this package (where `ablation_nbs/` and `plans/` live)."
-    import contrastive_ablations
-    return Path(contrastive_ablations.__file__).resolve().parent.parent
-
-# %% ../nbs/30_plans.ipynb #9de54969
-ICKD_METRICS = dict(top1=Metric('*_top1', 'top-1 accuracy (%)'),
-                    stability=Metric('*_loss_volatility', 'training stability (loss volatility)', False),
-                    convergence=Metric('*_epochs_to_95pct', 'convergence speed (epochs to 95% of final accuracy)', False))
-CLEL_METRICS = dict(fid=Metric('fid', 'FID (lower is better)', False),
-                    auroc=Metric('auroc_*', 'OOD detection AUROC'))
-EXPERIMENTS = {
-    'ickd': Experiment('ickd', 'ablation_nbs/ickd.ipynb', 'contrastive_ablations.ickd', ICKD_METRICS),
-    'clel': Experiment('clel', 'ablation_nbs/clel.ipynb', 'contrastive_ablations.clel', CLEL_METRICS),
-}
-
-def register_experiment(name:str,     # short name; a plan's `notebook` may give it instead of a path
-                        notebook,     # path of the notebook (absolute, or relative to the repository root)
-                        params,       # dict of core.Param, or the module name holding PARAMS
-                        metrics:dict=None, # metric name -> Metric
+def register_experiment(name:str,          # short name; a plan's `notebook` may give it instead of a path
+                        notebook,          # path of the template (absolute, or relative to the package root)
+                        knobs:dict,        # name -> core.Param
+                        metrics:tuple=(),  # of experiments.Metric
+                        families:dict=None,# family -> doc (default: the families the metrics name)
                        ) -> Experiment:
-    "Make an experiment notebook known to plans (tests register a toy one)."
-    EXPERIMENTS[name] = exp = Experiment(name, str(notebook), params, metrics or {})
+    "Make an experiment template known to plans (tests register a toy one)."
+    families = families or {m.family: m.family for m in metrics if m.family}
+    EXPERIMENTS[name] = exp = Experiment(name, str(notebook), name, knobs, metrics=tuple(metrics), families=families)
     return exp
 
 def find_experiment(notebook:str, file='<plan>') -> Experiment:
@@ -95,12 +50,6 @@ def find_experiment(notebook:str, file='<plan>') -> Experiment:
 DEFAULT_SEEDS = 3
 SWEEP_OWNED = ('seed', 'profile', 'out_dir')   # parameters the sweep sets for every run
 _STUDY_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
-
-@dataclass
-class Baseline:
-    "An extra parameter set run beside the grid, e.g. the vanilla teacher `{lam: 0}`."
-    label: str
-    params: dict
 
 @dataclass
 class Plan:
@@ -129,9 +78,9 @@ class Plan:
         runs += [('baseline', b.label, {**self.fixed, self.parameter: self.control, **b.params}) for b in self.baselines]
         return runs
 
-    def metric_patterns(self) -> dict:
-        "Metric name -> glob over metrics.json keys."
-        return {m: self.experiment.metrics[m].pattern for m in self.metrics}
+    def metric_keys(self) -> dict:
+        "Metric family -> the metrics.json keys of the experiment that belong to it."
+        return {m: [x.name for x in self.experiment.metrics_of(m)] for m in self.metrics}
 
     def to_dict(self) -> dict:
         "Plain data (for manifests)."
@@ -139,9 +88,24 @@ class Plan:
 
 def _fmt(v) -> str: return str(v)
 
-def select_metric_keys(patterns:dict, keys) -> dict:
-    "Metric name -> the metrics.json keys that match its pattern."
-    return {m: sorted(k for k in keys if fnmatch.fnmatchcase(k, p)) for m, p in patterns.items()}
+# %% ../nbs/30_plans.ipynb #8e323286
+def _check_parameter(plan:Plan, exp:Experiment):
+    "The ablated parameter is a knob of `exp` that a plan may vary; sweep-owned parameters are not fixed."
+    f = plan.source
+    specs = exp.knobs
+    if plan.parameter not in specs:
+        raise PlanError(f, 'parameter', f'{plan.parameter!r} is not a parameter of {exp.notebook}; known: {", ".join(sorted(specs))}')
+    if plan.parameter in SWEEP_OWNED:
+        raise PlanError(f, 'parameter', f'{plan.parameter!r} is set by the sweep itself ({", ".join(SWEEP_OWNED)}); choose another')
+    if not specs[plan.parameter].identity:
+        raise PlanError(f, 'parameter', f'{plan.parameter!r} cannot be ablated: it says where a run executes, not what it '
+                        f'computes ({specs[plan.parameter].doc}), so it is not part of a run\'s identity and every value '
+                        'would be the same run')
+    for name, ps in [('fixed', plan.fixed)] + [(f'baselines[{i}]', b.params) for i, b in enumerate(plan.baselines)]:
+        bad = sorted(set(ps) & set(SWEEP_OWNED))
+        if bad: raise PlanError(f, name, f'{", ".join(bad)} is set by the sweep (--seeds, --profile, --out), not by a plan')
+    if plan.parameter in plan.fixed:
+        raise PlanError(f, 'fixed', f'the ablated parameter {plan.parameter!r} cannot also be fixed')
 
 # %% ../nbs/30_plans.ipynb #7861dc00
 def validate_plan(plan:Plan, profile:str='quick') -> Plan:
@@ -152,19 +116,10 @@ def validate_plan(plan:Plan, profile:str='quick') -> Plan:
     try: check_profile(profile)
     except ParameterError as e: raise PlanError(f, 'profile', str(e)) from None
     exp = find_experiment(plan.notebook, f)
-    specs = exp.get_params()
-    if plan.parameter not in specs:
-        raise PlanError(f, 'parameter', f'{plan.parameter!r} is not a parameter of {exp.notebook}; known: {", ".join(sorted(specs))}')
-    if plan.parameter in SWEEP_OWNED:
-        raise PlanError(f, 'parameter', f'{plan.parameter!r} is set by the sweep itself ({", ".join(SWEEP_OWNED)}); choose another')
-    for name, ps in [('fixed', plan.fixed)] + [(f'baselines[{i}]', b.params) for i, b in enumerate(plan.baselines)]:
-        bad = sorted(set(ps) & set(SWEEP_OWNED))
-        if bad: raise PlanError(f, name, f'{", ".join(bad)} is set by the sweep (--seeds, --profile, --out), not by a plan')
-    if plan.parameter in plan.fixed:
-        raise PlanError(f, 'fixed', f'the ablated parameter {plan.parameter!r} cannot also be fixed')
+    _check_parameter(plan, exp)
     base = dict(seed=0, profile=profile)
     def check(field_name, params):
-        try: return validate_params(specs, {**base, **params})
+        try: return exp.validate({**base, **params})
         except ParameterError as e: raise PlanError(f, field_name, str(e)) from None
     if not isinstance(plan.values, list) or not plan.values:
         raise PlanError(f, 'values', 'must be a non-empty list of values')
@@ -176,9 +131,9 @@ def validate_plan(plan:Plan, profile:str='quick') -> Plan:
     for i, b in enumerate(plan.baselines):
         full = check(f'baselines[{i}]', {**fixed, plan.parameter: control, **b.params})
         baselines.append(Baseline(b.label, {k: full[k] for k in b.params}))
-    unknown = [m for m in plan.metrics if m not in exp.metrics]
+    unknown = [m for m in plan.metrics if m not in exp.families]
     if unknown or not plan.metrics:
-        raise PlanError(f, 'metrics', f'unknown metric(s) {unknown or plan.metrics} for {exp.name}; known: {", ".join(exp.metrics)}')
+        raise PlanError(f, 'metrics', f'unknown metric(s) {unknown or plan.metrics} for {exp.name}; known: {", ".join(exp.families)}')
     if not plan.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in plan.seeds):
         raise PlanError(f, 'seeds', f'{plan.seeds!r}: give a number of seeds >= 1 or a list of seeds >= 0')
     return Plan(plan.study, plan.notebook, plan.parameter, values, control, list(plan.metrics), list(plan.seeds),
@@ -209,6 +164,7 @@ def _baselines(v, file) -> list:
         out.append(Baseline(str(label) if label else '_'.join(f'{k}={_fmt(x)}' for k, x in params.items()), dict(params)))
     return out
 
+# %% ../nbs/30_plans.ipynb #fda3cb0d
 def plan_from_dict(d, file='<plan>') -> Plan:
     "Build a `Plan` from parsed YAML, checking the structure (field presence and shapes)."
     if not isinstance(d, dict): raise PlanError(file, None, f'expected a mapping of plan fields, got {type(d).__name__}')
@@ -251,40 +207,10 @@ def fix_mojibake(text:str) -> str:
         return s
     return _MOJIBAKE.sub(fix, text)
 
-@dataclass
-class Part:
-    "How a plain-language ablated part maps onto an experiment parameter."
-    phrases: tuple           # lower-case phrases that name the part in prose
-    study: str               # the study (and runs/ directory) it belongs to
-    experiment: str          # registered experiment name
-    parameter: str
-    control: Any             # the method's own value
-    words: dict = None       # replacement word -> value, for categorical parameters (None: numbers)
-    remove: Any = None       # the value that REMOVEs the part (None: REMOVE not defined)
-    baselines: list = field(default_factory=list)
-    fixed: dict = field(default_factory=dict)
-
-ICKD_BASELINES = [Baseline('vanilla teacher', {'lam': 0.0}), Baseline('no gate', {'gate': 'none'})]
-FASHION = {'dataset': 'fashion_mnist'}
-PARTS = [
-    Part(('margin threshold', 'margin', 'δ', 'delta'), 'ickd_margin', 'ickd', 'delta', 0.3,
-         baselines=ICKD_BASELINES, fixed=FASHION),
-    Part(('balance parameter', 'balance weight', 'λ', 'lambda', 'intra-class contrastive loss weight'), 'ickd_balance', 'ickd',
-         'lam', 0.03, remove=0.0, baselines=ICKD_BASELINES, fixed=FASHION),
-    Part(('contrastive learning framework', 'contrastive framework', 'representation learning framework', 'crl framework'),
-         'clel_framework', 'clel', 'framework', 'simclr',
-         words={'simclr': 'simclr', 'byol': 'byol', 'moco': 'moco', 'moco v2': 'moco', 'mocov2': 'moco', 'mae': 'mae',
-                'masked autoencoder': 'mae', 'none': 'none'}, remove='none',
-         baselines=[Baseline('no encoder', {'framework': 'none'})], fixed=FASHION),
-    Part(('norm-direction separation', 'norm direction separation', 'norm-direction decomposition', 'norm-direction'),
-         'clel_norm_direction', 'clel', 'norm_direction', True, words={'true': True, 'false': False, 'on': True, 'off': False},
-         remove=False, fixed=FASHION),
-]
-METRIC_ALIASES = {'top-1 accuracy': 'top1', 'top1 accuracy': 'top1', 'top-1': 'top1', 'top1': 'top1', 'accuracy': 'top1',
-                  'training stability': 'stability', 'stability': 'stability', 'loss volatility': 'stability',
-                  'convergence speed': 'convergence', 'convergence': 'convergence',
-                  'fid': 'fid', 'frechet inception distance': 'fid', 'fréchet inception distance': 'fid',
-                  'auroc': 'auroc', 'ood auroc': 'auroc', 'ood detection': 'auroc'}
+# %% ../nbs/30_plans.ipynb #1202de9c
+def all_parts() -> list:
+    "The plain-language parts of every registered experiment."
+    return [p for e in EXPERIMENTS.values() for p in e.parts]
 
 def _norm(s:str) -> str: return ' '.join(fix_mojibake(s).lower().replace('_', ' ').split())
 
@@ -295,18 +221,20 @@ def canonical_metric(name:str, file='<plan>', field_name='metrics') -> str:
     raise PlanError(file, field_name, f'unknown metric {name!r}; known: {", ".join(sorted(METRIC_ALIASES))}')
 
 def find_part(text:str, file='<plan>', field_name='Ablated Part') -> Part:
-    "The `PARTS` entry a plain-language description names (longest matching phrase)."
+    "The part a plain-language description names; naming none or two parts is an error listing them."
     t = _norm(text).replace('-', ' ')
-    hits = [(len(p), part) for part in PARTS for p in part.phrases
-            if re.search(r'(?<!\w)' + re.escape(p.replace('-', ' ')) + r'(?!\w)', t)]
-    if not hits:
-        known = '; '.join(f'{p.phrases[0]!r} -> {p.experiment}.{p.parameter}' for p in PARTS)
+    hits = [(m.start(), m.end(), part) for part in all_parts() for p in part.phrases
+            for m in re.finditer(r'(?<!\w)' + re.escape(p.replace('-', ' ')) + r'(?!\w)', t)]
+    # a phrase inside a longer matched phrase ('margin' in 'margin threshold') does not count on its own
+    hits = [h for h in hits if not any(o[0] <= h[0] and h[1] <= o[1] and o[1] - o[0] > h[1] - h[0] for o in hits)]
+    parts = list({id(p): p for _, _, p in hits}.values())
+    if not parts:
+        known = '; '.join(f'{p.phrases[0]!r} -> {p.experiment}.{p.parameter}' for p in all_parts())
         raise PlanError(file, field_name, f'cannot map {text.strip()!r} to an experiment parameter; known parts: {known}')
-    best = max(h[0] for h in hits)
-    parts = {id(p): p for n, p in hits if n == best}
     if len(parts) > 1:
-        raise PlanError(file, field_name, f'{text.strip()!r} is ambiguous: {", ".join(p.phrases[0] for p in parts.values())}')
-    return next(iter(parts.values()))
+        cands = '; '.join(f'{p.phrases[0]!r} ({p.experiment}.{p.parameter})' for p in parts)
+        raise PlanError(file, field_name, f'{text.strip()!r} is ambiguous: it names {len(parts)} parts: {cands}; name one')
+    return parts[0]
 
 _NUM = re.compile(r'^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$')
 
@@ -350,6 +278,7 @@ def parse_markdown_sections(text:str) -> list:
     if fields: sections.append((title, fields))
     return sections
 
+# %% ../nbs/30_plans.ipynb #53514834
 def _as_list(v) -> list:
     if isinstance(v, list): return v
     return [s.strip() for s in re.split(r'[,;]', v) if s.strip()]

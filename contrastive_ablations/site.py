@@ -7,20 +7,17 @@ from __future__ import annotations
 import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
+from .core import package_root
+
 # %% auto #0
 __all__ = ['MARKER', 'repo_root', 'renderer_available', 'execute_notebook', 'execute_in_subprocess', 'convert_run_notebooks',
            'proc_nbs_safely', 'doc_base_url', 'localize_doc_links', 'build_site', 'cli_site']
 
 # %% ../nbs/41_site.ipynb #f05f581e
-def _pkg_root() -> Path:
-    "The folder that holds the `contrastive_ablations` package."
-    import contrastive_ablations
-    return Path(contrastive_ablations.__file__).resolve().parent.parent
-
 def repo_root(start=None) -> Path:
     "The project root: the first folder at or above `start` (default: cwd, then the package) with settings.ini."
     cands = [Path(start or os.getcwd()).resolve()]
-    cands.append(_pkg_root())
+    cands.append(package_root())
     for c in cands:
         for d in [c, *c.parents]:
             if (d/'settings.ini').is_file() and (d/'nbs').is_dir(): return d
@@ -78,7 +75,7 @@ def execute_in_subprocess(src, dst, skip_flags=('slow',), inject=None, env=None,
     "`execute_notebook` in a fresh Python process (isolated state; a crash or hang cannot stop the build)."
     args = json.dumps(dict(src=str(src), dst=str(dst), skip_flags=list(skip_flags), inject=inject, cwd=str(cwd) if cwd else None))
     env = dict(env if env is not None else os.environ)
-    pkg_root = str(_pkg_root())   # this package's source tree, importable in the child
+    pkg_root = str(package_root())   # this package's source tree, importable in the child
     env['PYTHONPATH'] = os.pathsep.join(p for p in [pkg_root, env.get('PYTHONPATH', '')] if p)
     code = ('import json,sys; from contrastive_ablations.site import execute_notebook; '
             'r = execute_notebook(**json.loads(sys.argv[1])); print("@@RESULT@@" + json.dumps(r))')

@@ -4,23 +4,24 @@
 
 # %% ../nbs/31_sweep.ipynb #a207006a
 from __future__ import annotations
-import argparse, fcntl, hashlib, json, logging, math, os, platform, re, shutil, signal, socket, subprocess, sys, time, traceback
+import argparse, hashlib, json, logging, math, os, platform, re, shutil, signal, socket, subprocess, sys, time, traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .core import atomic_write_text
+from .core import (PROFILES, LockedError, atomic_write_text, file_lock, package_root, read_json,
+                                        same_value)
 
 # Nothing heavy at import time: worker processes import this module, and importing the plans (and
 # through them the experiments and torch) would add seconds to every worker start. `core` is light.
 
 # %% auto #0
-__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'RunSpec', 'package_root', 'params_hash',
-           'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch', 'run_state',
-           'kernel_env', 'execute_run', 'notebook_timing', 'has_parameters_cell', 'SweepLockedError', 'StudyLock',
-           'library_versions', 'git_info', 'detect_gpus', 'machine_info', 'write_manifest', 'Progress', 'run_local',
-           'slurm_parameters', 'run_submitit', 'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary',
-           'dry_run_table', 'sweep', 'summary', 'sweep_parser', 'cli_sweep']
+__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'RunSpec', 'params_hash', 'make_run_id',
+           'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch', 'run_state', 'kernel_env',
+           'execute_run', 'notebook_timing', 'has_parameters_cell', 'SweepLockedError', 'StudyLock', 'library_versions',
+           'git_info', 'detect_gpus', 'machine_info', 'write_manifest', 'Progress', 'run_local', 'slurm_parameters',
+           'run_submitit', 'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table',
+           'sweep', 'summary', 'sweep_parser', 'cli_sweep']
 
 # %% ../nbs/31_sweep.ipynb #3dd3fee9
 HASH_EXCLUDE = ('out_dir', 'device')   # where and on what a run executes, not what it computes
@@ -42,11 +43,6 @@ class RunSpec:
     key: str = ''     # hash of notebook + complete parameters: equal keys compute the same thing
     alias_of: str = None  # run_dir of an identical run of another study in this sweep (executed once, linked here)
 
-def package_root() -> Path:
-    "The directory that holds the `contrastive_ablations` package (the source checkout in development)."
-    import contrastive_ablations
-    return Path(contrastive_ablations.__file__).resolve().parent.parent
-
 def _slug(s: str) -> str: return re.sub(r'[^A-Za-z0-9._=+-]+', '-', s.replace("'", '')).strip('-')
 
 def params_hash(full_params:dict) -> str:
@@ -67,7 +63,7 @@ def expand_runs(plans,          # validated `Plan`s
     out, runs = Path(out).resolve(), []
     for plan in plans:
         exp = plan.experiment
-        specs, nb = exp.get_params(), str(exp.notebook_path())
+        specs, nb = exp.knobs, str(exp.notebook_path())
         for role, label, params in plan.grid():
             for seed in plan.seeds:
                 injected = {**params, 'seed': seed, 'profile': profile}
@@ -109,23 +105,19 @@ def link_shared_runs(runs:list):
         p.symlink_to(target, target_is_directory=True)
 
 # %% ../nbs/31_sweep.ipynb #82e695c3
-def _same(a, b) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool): return type(a) is type(b) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)): return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
 def params_mismatch(injected:dict, used:dict) -> list:
     "Names whose value in `used` (the notebook's params.json) differs from `injected`, as readable lines."
     bad = []
     for k, v in injected.items():
         if k not in used: bad.append(f'{k}: injected {v!r}, missing from params.json'); continue
         u = used[k]
-        same = (os.path.realpath(str(u)) == os.path.realpath(str(v))) if k == 'out_dir' else _same(v, u)
+        same = (os.path.realpath(str(u)) == os.path.realpath(str(v))) if k == 'out_dir' else same_value(v, u)
         if not same: bad.append(f'{k}: injected {v!r}, notebook used {u!r}')
     return bad
 
 def _read(path):
-    try: return json.loads(Path(path).read_text(encoding='utf-8'))
+    "A JSON file's content, or None when it is missing or unreadable (the run is then redone)."
+    try: return read_json(path)
     except (OSError, ValueError): return None
 
 def run_state(spec:RunSpec) -> str:
@@ -165,8 +157,7 @@ def execute_run(spec:dict,          # a RunSpec as a dict (plain data travels to
     d = Path(spec.run_dir)
     if d.is_symlink() and not d.exists(): d.unlink()   # a link to a shared run that was deleted
     d.mkdir(parents=True, exist_ok=True)
-    with open(d/'.run.lock', 'w') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # another process (e.g. a killed sweep's orphan) may be running it
+    with file_lock(d/'.run.lock'):   # another process (e.g. a killed sweep's orphan) may be running it
         if not force and run_state(spec) == 'done':
             info = _read(d/'run_info.json') or {}
             return {**info, 'run_id': spec.run_id, 'study': spec.study, 'status': 'skipped'}
@@ -236,7 +227,7 @@ def _execute(spec, d, threads, gpu):
 def notebook_timing(path) -> dict:
     "From papermill's metadata in an executed notebook: time inside cells, and kernel start-up before the first cell."
     from datetime import datetime
-    try: nb = json.loads(Path(path).read_text(encoding='utf-8'))
+    try: nb = read_json(path)
     except (OSError, ValueError): return {}
     cells = [c.get('metadata', {}).get('papermill', {}) for c in nb.get('cells', [])]
     cells = [c for c in cells if c.get('start_time')]
@@ -248,7 +239,7 @@ def notebook_timing(path) -> dict:
 
 def has_parameters_cell(notebook) -> bool:
     "Whether `notebook` has a cell tagged 'parameters' (where papermill injects values)."
-    try: nb = json.loads(Path(notebook).read_text(encoding='utf-8'))
+    try: nb = read_json(notebook)
     except (OSError, ValueError): return False
     return any('parameters' in c.get('metadata', {}).get('tags', []) for c in nb.get('cells', []))
 
@@ -258,19 +249,17 @@ class SweepLockedError(RuntimeError):
 
 class StudyLock:
     "Exclusive, non-blocking `flock` on `<dir>/.lock`; released when the process ends, even when killed."
-    def __init__(self, directory): self.path, self.f = Path(directory)/'.lock', None
+    def __init__(self, directory): self.path, self.lock = Path(directory)/'.lock', None
     def acquire(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, 'a+')
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0); holder = f.read().strip() or 'unknown process'; f.close()
-            raise SweepLockedError(f'another sweep is already writing into {self.path.parent} ({holder}); '
+        lock = file_lock(self.path, blocking=False)
+        try: f = lock.__enter__()
+        except LockedError as e:
+            raise SweepLockedError(f'another sweep is already writing into {self.path.parent} ({e.holder}); '
                                    'wait for it to finish, or sweep into another --out') from None
         f.seek(0); f.truncate(); f.write(f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")}'); f.flush()
-        self.f = f; return self
+        self.lock = lock; return self
     def release(self):
-        if self.f: self.f.close(); self.f = None
+        if self.lock: self.lock.__exit__(None, None, None); self.lock = None
     def __enter__(self): return self.acquire()
     def __exit__(self, *a): self.release()
 
@@ -326,7 +315,7 @@ def write_manifest(out, plan, runs:list, profile:str, settings:dict) -> Path:
                          notebook_wall_s=info.get('notebook_wall_s'), experiment_wall_s=info.get('experiment_wall_s'),
                          error=info.get('error') if state == 'failed' else None))
     path = Path(out)/plan.study/'manifest.json'
-    atomic_write_json(path, dict(study=plan.study, plan=plan.to_dict(), metric_patterns=plan.metric_patterns(),
+    atomic_write_json(path, dict(study=plan.study, plan=plan.to_dict(), metric_keys=plan.metric_keys(),
                                  profile=profile, package_version=__version__, git=git_info(),
                                  libraries=library_versions(), machine=machine_info(), sweep=settings,
                                  updated=time.strftime('%Y-%m-%dT%H:%M:%S%z'), runs=rows))
@@ -621,7 +610,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='contrastive-ablations sweep', description='Run ablation plans through papermill.')
     p.add_argument('plans', nargs='+', help='plan files: plans/*.yaml or markdown "Ablation Plan"s')
     p.add_argument('--study', action='append', help='only this study (repeat, or comma-separate)')
-    p.add_argument('--profile', default='quick', choices=('smoke', 'quick', 'paper'), help='scale profile (default quick)')
+    p.add_argument('--profile', default='quick', choices=PROFILES, help='scale profile (default quick)')
     p.add_argument('--seeds', type=int, help="number of seeds (overrides the plans' seeds)")
     p.add_argument('--out', default='runs', help='output directory (default runs)')
     p.add_argument('--workers', type=int, help='parallel runs (default: one per GPU, else cores/2)')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_training.ipynb #21e910ea
 from __future__ import annotations
-import math, os, sys, time
+import io, math, os, sys, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from .core import ParameterError, in_notebook
+from .core import ParameterError, atomic_write_bytes, in_notebook
 from .data import ArrayDataset
 
 # %% auto #0
@@ -245,14 +245,11 @@ def save_checkpoint(path,              # file to write (parent directories are c
                     **extra):          # more values to store (tensors, numbers, strings, lists, dicts)
     "Save `model`'s weights, architecture name and `extra` atomically to `path`."
     _check_plain(extra, 'extra')
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     payload = {'format': 1, 'arch': arch_name(model),
                'state_dict': {k: v.detach().cpu() for k, v in model.state_dict().items()}, 'extra': extra}
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        torch.save(payload, tmp); os.replace(tmp, path)
-    finally: tmp.unlink(missing_ok=True)
-    return path
+    buf = io.BytesIO(); torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 def load_checkpoint(path,              # a file written by save_checkpoint
                     model: nn.Module,  # the network to load the weights into (same architecture)

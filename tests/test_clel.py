@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from contrastive_ablations.core import ParameterError, validate_params
+from contrastive_ablations.core import ParameterError, write_run_outputs
+from contrastive_ablations.experiments import CLEL, CLEL_FRAMEWORKS
 from contrastive_ablations.data import DATASETS
 from contrastive_ablations.ebm import base_ebm
 from contrastive_ablations.networks import count_parameters
 from contrastive_ablations.contrastive import create_framework
-from contrastive_ablations.clel import (PARAMS, CURVE_COLUMNS, CLEL_FRAMEWORKS, profile_config, build_trainer,
-                                        run_experiment)
+from contrastive_ablations.clel import CURVE_COLUMNS, profile_config, build_trainer, run, run_experiment
 from contrastive_ablations.training import fit
 from dataclasses import replace
 
@@ -38,7 +38,7 @@ def test_paper_profile_networks():
 
 def test_paper_profile_one_iteration_on_cifar_shaped_tensors():
     "One full CLEL iteration (SGLD, both losses, one backward, both optimisers, EMA) with the paper networks."
-    p = validate_params(PARAMS, {'profile': 'paper', 'dataset': 'cifar10', 'device': 'cpu'})
+    p = CLEL.validate({'profile': 'paper', 'dataset': 'cifar10', 'device': 'cpu'})
     cfg = replace(profile_config('paper', 'cifar10'), batch_size=4, sgld_steps=2, buffer_size=16, epochs=1, steps_per_epoch=1)
     gen = torch.Generator().manual_seed(0); torch.manual_seed(0)
     tr = build_trainer(p, cfg, torch.device('cpu'), gen)
@@ -101,7 +101,7 @@ def test_ablation_notebook_smoke_all_frameworks_and_variant(tmp_path):
         assert {k[len('auroc_marginal_'):] for k in m if k.startswith('auroc_marginal_')} == \
                {k[len('auroc_'):] for k in m if k.startswith('auroc_') and not k.startswith('auroc_marginal_') and k != 'auroc_mean'}
         params = json.loads((d / 'params.json').read_text())
-        assert (params['framework'], params['norm_direction'], params['profile']) == (fw, nd, 'smoke') and set(params) == set(PARAMS)
+        assert (params['framework'], params['norm_direction'], params['profile']) == (fw, nd, 'smoke') and set(params) == set(CLEL.knobs)
         assert list(pd.read_csv(d / 'curves.csv').columns) == CURVE_COLUMNS
         info = json.loads((d / 'metrics_info.json').read_text())
         assert info['fid_extractor'] and info['fid_source'].startswith('fresh')
@@ -112,10 +112,11 @@ def test_ablation_notebook_smoke_all_frameworks_and_variant(tmp_path):
 
 def test_divergence_is_a_result(tmp_path, monkeypatch):
     "A run whose energies leave [-energy_limit, energy_limit] ends with status 'diverged', NaN metrics and its files."
-    from contrastive_ablations import clel
-    monkeypatch.setitem(clel._PROFILE_OVERRIDES, 'smoke', {**clel._PROFILE_OVERRIDES['smoke'], 'energy_limit': 1e-12})
-    m, curves, extras = run_experiment(profile='smoke', framework='none', out_dir=str(tmp_path), device='cpu')
+    monkeypatch.setitem(CLEL.profiles, 'smoke', {**CLEL.profiles['smoke'], 'energy_limit': 1e-12})
+    params = CLEL.validate({'profile': 'smoke', 'framework': 'none', 'out_dir': str(tmp_path), 'device': 'cpu'})
+    m, curves, artifacts = run(params)
     assert m['status'] == 'diverged' and m['fid'] != m['fid']          # NaN: not evaluated
-    assert 'energy_limit' in extras['info']['status_message']
+    assert 'energy_limit' in artifacts['metrics_info.json']['status_message']
+    write_run_outputs(params['out_dir'], params, m, curves, artifacts)
     assert (tmp_path / 'samples.png').is_file() and (tmp_path / 'metrics_info.json').is_file()
     assert list(curves.columns) == CURVE_COLUMNS

@@ -286,3 +286,14 @@ def test_bad_arch_knob_and_shapes():
         fw.loss(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28), generated=torch.rand(4, 64))
     with pytest.raises(ValueError, match="'x'"):
         fw.latent(torch.rand(4, 28, 28))
+
+
+def test_knobs_match_the_constructors():
+    "Each framework's KNOBS declare exactly the method-specific constructor arguments, with the same defaults."
+    import inspect
+    from contrastive_ablations.contrastive import _CLASSES
+    for name, cls in _CLASSES.items():
+        sig = inspect.signature(cls.__init__).parameters
+        own = [k for k in sig if k not in ('self', 'in_channels', 'image_size', 'latent_dim', 'arch')]
+        assert own == list(cls.KNOBS), name
+        assert all(sig[k].default == p.default for k, p in cls.KNOBS.items()), name

@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from contrastive_ablations.core import ParameterError, validate_params
+from contrastive_ablations.core import ParameterError
+from contrastive_ablations.experiments import ICKD, template_problems
 from contrastive_ablations.data import DatasetNotFoundError, load_dataset
 from contrastive_ablations.networks import create_model
-from contrastive_ablations.ickd import (PARAMS, CURVE_COLUMNS, profile_config, run_experiment, teacher_step_fn,
+from contrastive_ablations.sampler import frozen
+from contrastive_ablations.ickd import (CURVE_COLUMNS, profile_config, run_experiment, teacher_step_fn,
                                         student_step_fn, make_criterion)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ def test_paper_profile_steps_on_cifar_shaped_tensors():
     cfg = profile_config('paper', 'cifar100')
     assert (cfg.teacher_arch, cfg.student_arch, cfg.batch_size, cfg.lr) == ('resnet32x4', 'resnet8x4', 64, 0.05)
     assert cfg.milestones == (150, 180, 210) and cfg.teacher_epochs == cfg.student_epochs == 240
-    p = validate_params(PARAMS, {'profile': 'paper', 'dataset': 'cifar100', 'queue_len': 4})
+    p = ICKD.validate({'profile': 'paper', 'dataset': 'cifar100', 'queue_len': 4})
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 100, (8,))
@@ -49,7 +51,7 @@ def test_paper_profile_steps_on_cifar_shaped_tensors():
     student = create_model(cfg.student_arch, n_classes=100, in_channels=3)
     before = [q.detach().clone() for q in teacher.parameters()]
     sopt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9)
-    sout = student_step_fn(student, teacher, cfg, p, g)(x, y, 0)
+    with frozen(teacher): sout = student_step_fn(student, teacher, cfg, p, g)(x, y, 0)
     sopt.zero_grad(); sout['loss'].backward(); sopt.step()
     assert torch.isfinite(sout['loss'])
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))   # the teacher is frozen
@@ -74,9 +76,9 @@ def test_bad_params(bad):
 
 def test_bad_param_messages_name_the_range():
     with pytest.raises(ParameterError, match=r"'delta'.*\[0, 1\]"):
-        validate_params(PARAMS, {'delta': 1.7})
+        ICKD.validate({'delta': 1.7})
     with pytest.raises(ParameterError, match=r"'lam'.*\[0"):
-        validate_params(PARAMS, {'lam': -1})
+        ICKD.validate({'lam': -1})
 
 
 @pytest.mark.slow
@@ -92,14 +94,15 @@ def test_smoke_run_with_controls():
 
 
 def test_parameters_cell_matches_params():
-    "The template's parameters cell declares exactly PARAMS, with the same defaults."
+    "The template's parameters cell declares exactly the knobs, with the same defaults."
     nb = json.loads((ROOT / 'ablation_nbs' / 'ickd.ipynb').read_text())
     cells = [c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', [])]
     assert len(cells) == 1
     ns = {}
     exec(''.join(cells[0]['source']), ns)
     declared = {k: v for k, v in ns.items() if not k.startswith('__')}
-    assert declared == {k: spec.default for k, spec in PARAMS.items()}
+    assert declared == {k: spec.default for k, spec in ICKD.knobs.items()}
+    assert template_problems(ICKD) == []
 
 
 def papermill(out_dir: Path, *params, cwd=ROOT):
@@ -117,7 +120,7 @@ def test_ablation_notebook_smoke(tmp_path):
     m = json.loads((d / 'metrics.json').read_text())
     assert set(m) == expected_keys() and m['status'] == 'ok'
     params = json.loads((d / 'params.json').read_text())
-    assert params['delta'] == 0.3 and params['profile'] == 'smoke' and set(params) == set(PARAMS)
+    assert params['delta'] == 0.3 and params['profile'] == 'smoke' and set(params) == set(ICKD.knobs)
     assert list(pd.read_csv(d / 'curves.csv').columns) == CURVE_COLUMNS
 
 

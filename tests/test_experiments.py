@@ -1,0 +1,140 @@
+"""The declarations of the experiments: planning, validating, dry-running and reporting never import torch; the
+templates' parameters cells, the sweep's run identity and the plans are checked against the declarations."""
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from contrastive_ablations import plans as P
+from contrastive_ablations.core import ParameterError
+from contrastive_ablations.experiments import (CLEL, EXPERIMENTS, ICKD, check_injected, parameters_cell,
+                                               template_problems)
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT/'tests'/'assets'
+
+
+def test_planning_validating_dry_running_and_reporting_leave_torch_out(tmp_path):
+    "Load and validate the four shipped plans and the markdown seeds, dry-run a sweep, import the report: no torch."
+    code = textwrap.dedent(f'''
+        import sys
+        from pathlib import Path
+        from contrastive_ablations import plans, sweep, report, experiments
+        root = Path({str(ROOT)!r})
+        ymls = sorted((root/'plans').glob('*.yaml'))
+        seeds = sorted((root/'tests'/'assets'/'seeds').glob('*.txt'))
+        assert len(ymls) == 4 and len(seeds) == 2
+        loaded = plans.load_plans(ymls, profile='smoke') + plans.load_plans(seeds, profile='quick')
+        assert len(loaded) == 8
+        rc = sweep.cli_sweep([*map(str, ymls), '--profile', 'smoke', '--dry-run', '--out', {str(tmp_path / 'runs')!r}])
+        assert rc == 0, rc
+        print('torch' in sys.modules)
+    ''')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == 'False', r.stdout[-2000:]
+
+
+def _template_without(tmp_path, name: str, knob: str) -> Path:
+    "A copy of a template whose parameters cell lost the line of `knob`."
+    nb = nbformat.read(ROOT/'ablation_nbs'/f'{name}.ipynb', as_version=4)
+    cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
+    lines = cell.source.splitlines()
+    cell.source = '\n'.join(l for l in lines if not l.startswith((f'{knob} ', f'{knob}:')))
+    assert len(cell.source.splitlines()) == len(lines) - 1
+    path = tmp_path/f'{name}.ipynb'
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize('exp', [ICKD, CLEL], ids=lambda e: e.name)
+def test_templates_declare_every_knob(exp, tmp_path):
+    "Each template's parameters cell lists exactly the declared knobs with their defaults; a missing knob is caught."
+    assert template_problems(exp) == []
+    knob = list(exp.knobs)[5]
+    problems = template_problems(exp, _template_without(tmp_path, exp.name, knob))
+    assert problems == [f"{tmp_path/(exp.name + '.ipynb')}: knob {knob!r} is missing from the parameters cell"]
+    assert parameters_cell(exp).count('\n') == len(exp.knobs)   # one line a knob, under a comment line
+
+
+def _plan(tmp_path, text: str, name='p.yaml') -> Path:
+    (tmp_path/name).write_text(textwrap.dedent(text)); return tmp_path/name
+
+
+def test_plan_value_outside_a_knobs_domain_is_caught(tmp_path):
+    "δ outside [0, 1] is refused with the file and the field under the prob gate, and accepted under the logit gate."
+    base = textwrap.dedent('''
+        study: margin_logit
+        notebook: ickd
+        parameter: delta
+        values: [0.5, 2.0, 5.0]
+        control: 0.5
+        metrics: [top1]
+    ''')
+    with pytest.raises(P.PlanError, match=r"p.yaml: field 'values\[1\]': parameter 'delta' = 2.0 is out of range"):
+        P.load_plans(_plan(tmp_path, base))
+    plan, = P.load_plans(_plan(tmp_path, base + "fixed: {gate: logit}\n"))
+    assert plan.values == [0.5, 2.0, 5.0]
+
+
+def test_every_knob_is_identity_or_refused_as_ablation(tmp_path):
+    "The sweep's run identity leaves out exactly the knobs declared as not part of it; ablating one is refused."
+    from contrastive_ablations.sweep import HASH_EXCLUDE
+    for exp in (ICKD, CLEL):
+        assert {k for k, p in exp.knobs.items() if not p.identity} == set(HASH_EXCLUDE), exp.name
+    f = _plan(tmp_path, '''
+        study: devices
+        notebook: clel
+        parameter: device
+        values: [cpu, cuda]
+        control: cpu
+        metrics: [fid]
+    ''')
+    with pytest.raises(P.PlanError, match=r"field 'parameter': 'device' cannot be ablated: it says where a run executes"):
+        P.load_plans(f)
+
+
+def test_ambiguous_part_lists_the_candidates(tmp_path):
+    md = (ASSETS/'seeds'/'000_7c1674a754ff0711.txt').read_text(encoding='utf-8')
+    old = '**Ablated Part**: margin threshold'
+    assert old in md
+    f = tmp_path/'plan.md'
+    f.write_text(md.replace(old, '**Ablated Part**: balance parameter and margin threshold', 1), encoding='utf-8')
+    with pytest.raises(P.PlanError) as e: P.load_plans(f)
+    msg = str(e.value)
+    assert 'Ablated Part' in msg and 'ambiguous' in msg and 'ickd.delta' in msg and 'ickd.lam' in msg
+
+
+def test_check_injected_refuses_unknown_names_with_the_closest_knob():
+    with pytest.raises(ParameterError, match=r"'detla' \(did you mean 'delta'\?\)"):
+        check_injected({'detla': 0.5, 'json': json}, 'ickd', where='ablation_nbs/ickd.ipynb: ')
+    assert check_injected({'delta': 0.5, 'gate': 'logit', 'P': P}, 'ickd')['delta'] == 0.5
+    assert check_injected({'framework': 'byol'}, 'clel')['framework'] == 'byol'
+
+
+def test_template_refuses_a_typo_before_any_work(tmp_path):
+    "papermill only warns about an unknown parameter; the template stops on it, naming the closest knob."
+    cmd = [sys.executable, '-m', 'papermill', str(ROOT/'ablation_nbs'/'ickd.ipynb'), str(tmp_path/'run.ipynb'),
+           '-k', 'python3', '--no-progress-bar', '-p', 'profile', 'smoke', '-p', 'detla', '0.5',
+           '-p', 'out_dir', str(tmp_path/'out')]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "'detla' (did you mean 'delta'?)" in out, out[-3000:]
+    assert not (tmp_path/'out').exists()
+
+
+def test_metrics_declare_what_plans_and_reports_need():
+    for exp in EXPERIMENTS.values():
+        names = [m.name for m in exp.metrics]
+        assert len(names) == len(set(names)), exp.name
+        for fam in exp.families: assert exp.metrics_of(fam), (exp.name, fam)
+        for m in exp.metrics:
+            assert m.lo is None or m.hi is None or m.lo < m.hi
+            assert m.role in (None, 'teacher', 'student')
+    assert ICKD.metric('student_top1').unit == '%' and ICKD.metric('student_top1').higher_is_better
+    assert CLEL.metric('fid').higher_is_better is False and CLEL.metric('auroc_mnist').hi == 1
+    with pytest.raises(ValueError, match="closest: .*fid"): CLEL.metric('fdi')
