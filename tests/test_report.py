@@ -162,6 +162,8 @@ def test_markup_is_escaped(tmp_path):
     from contrastive_ablations.report import report_overview
     report_overview(tmp_path, display_fn=shown.append)
     assert '<script>' not in shown[-1].data and '&lt;script&gt;' in shown[-1].data
+    empty = tmp_path / 'runs' / evil.replace('/', '_')   # a study folder named with markup, no runs yet
+    assert '<script>' not in page_text(empty) and '&lt;script&gt;' in page_text(empty)
 
 
 def test_smoke_banner_no_finding_and_terminal_width(tmp_path):
