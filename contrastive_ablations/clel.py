@@ -92,6 +92,7 @@ def refresh_spectral_norm_(model: nn.Module, x: torch.Tensor, n: int = 5):
     for _ in range(n): model(x)
     model.train(was)
 
+# %% ../nbs/23_clel.ipynb #f5e7998c
 class CLELModel(nn.Module):
     "EBM + optional encoder + EMA copies; `losses` computes one iteration's objective."
     def __init__(self, ebm: SphericalEBM, encoder=None, beta: float = 0.01, alpha: float = 1.0):
@@ -143,6 +144,7 @@ def _resolve(params: dict):
         over.update(epochs=epochs, steps_per_epoch=math.ceil(p['iterations'] / epochs))
     return p, replace(cfg, **over)
 
+# %% ../nbs/23_clel.ipynb #0af6319e
 def build_clel(framework: str, norm_direction: bool, beta: float, cfg: CLELConfig, info) -> CLELModel:
     "The EBM (β = 0 without an encoder) and the encoder for a config."
     beta_eff = 0.0 if framework == 'none' else beta
@@ -166,6 +168,7 @@ def _optimizers(model: CLELModel, cfg: CLELConfig):
         scheds.append(torch.optim.lr_scheduler.LambdaLR(eopt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, T) / T))))
     return opts, scheds
 
+# %% ../nbs/23_clel.ipynb #fdb775d1
 def _fresh_samples(model: CLELModel, sampler: SGLDSampler, n: int, rounds: int) -> torch.Tensor:
     "n samples of fresh chains of the EMA EBM: [n,C,H,W] on the CPU."
     return sampler.fresh(model.ema_ebm, n, rounds=rounds)

@@ -24,7 +24,8 @@ from .ickd_losses import IntraClassCriterion, student_losses
 # %% auto #0
 __all__ = ['CURVE_COLUMNS', 'ICKDConfig', 'profile_config', 'ema', 'loss_volatility', 'epochs_to_frac', 'val_auc',
            'feature_stats', 'make_criterion', 'teacher_step_fn', 'student_step_fn', 'train_teacher', 'train_student',
-           'role_curves', 'role_metrics', 'resolve_config', 'load_splits', 'run_experiment', 'run', 'plot_curves']
+           'role_curves', 'role_metrics', 'resolve_config', 'load_splits', 'teacher_metrics', 'run_experiment', 'run',
+           'plot_curves']
 
 # %% ../nbs/11_ickd.ipynb #7e1ca525
 @dataclass
@@ -252,6 +253,13 @@ def load_splits(cfg: ICKDConfig, p: dict, device) -> tuple:
         raise ParameterError(f"parameter 'batch_size' = {cfg.batch_size} is larger than the training set ({len(train)} images)")
     return train, val, test, test.subset(min(cfg.n_analysis, len(test)), seed=0)
 
+def teacher_metrics(role: str, teacher: nn.Module, curve: pd.DataFrame, res, test, ana, T: float, n_classes: int) -> dict:
+    "A trained teacher's metrics: those of every role, plus its selected fraction and its feature geometry."
+    m = role_metrics(role, curve, accuracy(teacher, test, None) * 100, res.wall_time_s, n_classes)
+    sf, fs = curve.query("kind == 'step'")['selected_frac'], feature_stats(teacher, ana.x, ana.y, T=T)
+    return {**m, f'{role}_selected_frac': float(sf.mean()) if sf.notna().any() else float('nan'),
+            **{f'{role}_{k}': fs[k] for k in ('intra_dist', 'inter_dist', 'soft_entropy')}}
+
 def _nan_metrics(role: str) -> dict:
     "NaN for every declared metric of a role that was not trained."
     return {m.name: float('nan') for m in ICKD.metrics if m.name.startswith(f'{role}_')}
@@ -277,12 +285,7 @@ def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame,
         curves.append(role_curves(t_role, res, spe))
         extras['models'][t_role], extras['results'][t_role] = teacher, res
         extras['n_params'][t_role] = count_parameters(teacher, trainable_only=False)
-        metrics.update(role_metrics(t_role, curves[-1], accuracy(teacher, test, None) * 100, res.wall_time_s, n_classes))
-        sf = curves[-1].query("kind == 'step'")['selected_frac']
-        fs = feature_stats(teacher, ana.x, ana.y, T=p['T'])
-        metrics.update({f'{t_role}_selected_frac': float(sf.mean()) if sf.notna().any() else float('nan'),
-                        f'{t_role}_intra_dist': fs['intra_dist'], f'{t_role}_inter_dist': fs['inter_dist'],
-                        f'{t_role}_soft_entropy': fs['soft_entropy']})
+        metrics.update(teacher_metrics(t_role, teacher, curves[-1], res, test, ana, p['T'], n_classes))
         extras.setdefault('queue_age', {})[t_role] = crit.queue.mean_age()
         if res.status != 'ok':
             status = 'diverged'; extras['message'] = f'{t_role}: {res.message}'
