@@ -13,7 +13,8 @@ export PATH := $(BIN):$(PATH)
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 PROFILE ?= quick
-SEEDS ?= 2
+# seeds per value: empty = each plan's own `seeds`; SEEDS=N overrides them (the results pages say which)
+SEEDS ?=
 WORKERS ?= 2
 RUNS ?= runs/$(PROFILE)
 SITE ?= _site
@@ -53,7 +54,7 @@ browser:
 
 # ---- the main job ----------------------------------------------------------------------------
 ablations: venv data fid-extractor
-	$(BIN)/python -m contrastive_ablations sweep plans/*.yaml --profile $(PROFILE) --seeds $(SEEDS) \
+	$(BIN)/python -m contrastive_ablations sweep plans/*.yaml --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) \
 	  --workers $(WORKERS) --out $(RUNS)
 	$(MAKE) --no-print-directory site
 	$(BIN)/python -m contrastive_ablations report $(RUNS)
