@@ -196,7 +196,8 @@ MAX_SEEDS, MAX_SEED = 1000, 2**32 - 1   # seeds per run point; NumPy's seed rang
 
 def _seeds(v, file, field_name='seeds'):
     if isinstance(v, int) and not isinstance(v, bool):
-        if not 1 <= v <= MAX_SEEDS: raise PlanError(file, field_name, f'{v} seeds: give between 1 and {MAX_SEEDS}')
+        if not 1 <= v <= MAX_SEEDS: raise PlanError(file, field_name, f'{v} seeds: need at least 1 and at most {MAX_SEEDS}'
+)
         return list(range(v))
     if not (isinstance(v, list) and 1 <= len(v) <= MAX_SEEDS
             and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in v)):

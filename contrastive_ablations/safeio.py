@@ -166,6 +166,7 @@ def check_name(name, path='<input>', field:str='name', max_len:int=MAX_NAME) -> 
 # %% ../nbs/05_safeio.ipynb #7d421594
 class OutputError(OSError):
     "An output folder that cannot be written; the message names it."
+    def __str__(self): return self.strerror
 
 DISK_ERRNOS = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'disk quota exceeded',
                errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied', errno.EPERM: 'operation not permitted'}

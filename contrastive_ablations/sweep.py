@@ -10,17 +10,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .core import atomic_write_text
+from .safeio import check_writable, disk_error, read_json_dict
+
 
 # Nothing heavy at import time: worker processes import this module, and importing the plans (and
 # through them the experiments and torch) would add seconds to every worker start. `core` is light.
 
 # %% auto #0
-__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'RunSpec', 'package_root', 'params_hash',
-           'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch', 'run_state',
-           'kernel_env', 'execute_run', 'notebook_timing', 'has_parameters_cell', 'SweepLockedError', 'StudyLock',
-           'library_versions', 'git_info', 'detect_gpus', 'machine_info', 'write_manifest', 'Progress', 'run_local',
-           'slurm_parameters', 'run_submitit', 'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary',
-           'dry_run_table', 'sweep', 'summary', 'sweep_parser', 'cli_sweep']
+__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'MAX_WORKERS', 'RunSpec', 'package_root',
+           'params_hash', 'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch',
+           'run_state', 'kernel_env', 'execute_run', 'notebook_timing', 'has_parameters_cell', 'SweepLockedError',
+           'StudyLock', 'library_versions', 'git_info', 'detect_gpus', 'machine_info', 'write_manifest', 'Progress',
+           'run_local', 'slurm_parameters', 'run_submitit', 'check_notebook', 'default_workers', 'SweepResult',
+           'overhead_summary', 'dry_run_table', 'sweep', 'SweepStoppedError', 'summary', 'sweep_parser', 'cli_sweep']
 
 # %% ../nbs/31_sweep.ipynb #3dd3fee9
 HASH_EXCLUDE = ('out_dir', 'device')   # where and on what a run executes, not what it computes
@@ -56,7 +58,8 @@ def params_hash(full_params:dict) -> str:
 
 def make_run_id(label:str, seed:int, full_params:dict) -> str:
     "Readable part + 8 hex digits of the hash of the complete parameters (without out_dir/device)."
-    return f'{_slug(label)}_seed={seed}-{params_hash(full_params)[:8]}'
+    return f'{_slug(label)[:80]}_seed={seed}-{params_hash(full_params)[:8]}'   # the hash keeps a cut label unique
+
 
 def expand_runs(plans,          # validated `Plan`s
                 profile:str,    # scale profile for every run
@@ -124,9 +127,12 @@ def params_mismatch(injected:dict, used:dict) -> list:
         if not same: bad.append(f'{k}: injected {v!r}, notebook used {u!r}')
     return bad
 
-def _read(path):
-    try: return json.loads(Path(path).read_text(encoding='utf-8'))
-    except (OSError, ValueError): return None
+def _read(path): return read_json_dict(path)   # None also for valid JSON of the wrong shape ([], a string)
+
+def _metrics_ok(m:dict) -> bool:
+    "metrics.json is flat: a finished status and name -> number (or null)."
+    return m.get('status') in FINISHED_STATUSES and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for k, v in m.items() if k != 'status')
 
 def run_state(spec:RunSpec) -> str:
     "'done' (finished, see the rules above), 'failed' (error.txt present) or 'todo'."
@@ -134,7 +140,8 @@ def run_state(spec:RunSpec) -> str:
     if (d/'error.txt').exists(): return 'failed'
     m, p = _read(d/'metrics.json'), _read(d/'params.json')
     if m is None or p is None or not (d/'run.ipynb').exists(): return 'todo'
-    if m.get('status') not in FINISHED_STATUSES or params_mismatch(spec.params, p): return 'todo'
+    if not _metrics_ok(m) or params_mismatch(spec.params, p): return 'todo'   # anything else is redone
+
     return 'done'
 
 # %% ../nbs/31_sweep.ipynb #bd396a57
@@ -236,9 +243,9 @@ def _execute(spec, d, threads, gpu):
 def notebook_timing(path) -> dict:
     "From papermill's metadata in an executed notebook: time inside cells, and kernel start-up before the first cell."
     from datetime import datetime
-    try: nb = json.loads(Path(path).read_text(encoding='utf-8'))
-    except (OSError, ValueError): return {}
-    cells = [c.get('metadata', {}).get('papermill', {}) for c in nb.get('cells', [])]
+    nb = _read(path)
+    if nb is None or not isinstance(nb.get('cells'), list): return {}
+    cells = [c.get('metadata', {}).get('papermill', {}) for c in nb['cells'] if isinstance(c, dict)]
     cells = [c for c in cells if c.get('start_time')]
     start = nb.get('metadata', {}).get('papermill', {}).get('start_time')
     out = {'cells_s': sum(c.get('duration') or 0 for c in cells)}
@@ -248,9 +255,10 @@ def notebook_timing(path) -> dict:
 
 def has_parameters_cell(notebook) -> bool:
     "Whether `notebook` has a cell tagged 'parameters' (where papermill injects values)."
-    try: nb = json.loads(Path(notebook).read_text(encoding='utf-8'))
-    except (OSError, ValueError): return False
-    return any('parameters' in c.get('metadata', {}).get('tags', []) for c in nb.get('cells', []))
+    nb = _read(notebook)
+    if nb is None or not isinstance(nb.get('cells'), list): return False
+    return any(isinstance(c, dict) and 'parameters' in (c.get('metadata') or {}).get('tags', []) for c in nb['cells'])
+
 
 # %% ../nbs/31_sweep.ipynb #82cb8ef3
 class SweepLockedError(RuntimeError):
@@ -393,6 +401,8 @@ def _worker_init(gpu_queue, threads):
         for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[k] = str(threads)
 
 def _failed(spec, e) -> dict:
+    if disk_error(e): raise e   # a full or read-only disk fails every later run too: stop the sweep (see `sweep`)
+
     return dict(run_id=spec.run_id, study=spec.study, status='failed', error=f'{type(e).__name__}: {e}'[:300])
 
 def run_local(todo:list, workers:int, threads:int, force:bool, progress:Progress, on_result) -> None:
@@ -556,6 +566,8 @@ def sweep(plans,                  # plan files, or validated Plans
     say = lambda m: print(m, file=stream, flush=True)
     if executor not in ('local', 'slurm', 'submitit-local'):
         raise ValueError(f"executor {executor!r}: use 'local', 'slurm' or 'submitit-local'")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS):
+        raise ValueError(f'workers = {workers!r}: give an integer from 1 to {MAX_WORKERS}')
     if not (isinstance(plans, (list, tuple)) and plans and all(isinstance(p, Plan) for p in plans)):
         plans = load_plans(plans, studies=studies, profile=profile, seeds=seeds)
     for p in plans: check_notebook(p.experiment.notebook_path(), p.source)
@@ -563,9 +575,10 @@ def sweep(plans,                  # plan files, or validated Plans
     runs = expand_runs(plans, profile, out)
     if dry_run:
         say(dry_run_table(runs)); return SweepResult(runs, [], [], {}, {})
-    workers = workers or default_workers()
-    if workers < 1: raise ValueError(f'workers = {workers}: need at least 1')
+    if workers is None: workers = default_workers()
+    for p in plans: check_writable(out/p.study)   # before any run: not after the first hour of training
     locks = [StudyLock(out/p.study) for p in sorted(plans, key=lambda p: p.study)]
+    infos, skipped, todo = {}, [], []
     try:
         for l in locks: l.acquire()
         link_shared_runs(runs)
@@ -576,7 +589,6 @@ def sweep(plans,                  # plan files, or validated Plans
         threads = max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo))))   # the cores, shared by the runs at once
         settings = dict(executor=executor, workers=workers, threads_per_run=threads, seeds=seeds, force=force,
                         command=' '.join(sys.argv), started=time.strftime('%Y-%m-%dT%H:%M:%S%z'), **slurm)
-        infos = {}
         by_study = {p.study: p for p in plans}
         for p in plans: write_manifest(out, p, [r for r in runs if r.study == p.study], profile, settings)
         say(f'sweep: {len(plans)} stud{"y" if len(plans) == 1 else "ies"}, {len(runs)} runs ({len(skipped)} finished before, '
@@ -591,6 +603,10 @@ def sweep(plans,                  # plan files, or validated Plans
         if todo:
             if executor == 'local': run_local(todo, workers, threads, force, progress, on_result)
             else: run_submitit(todo, executor, out, workers, threads, force, progress, on_result, **slurm)
+    except OSError as e:   # disk full, read-only, permission: every later write would fail the same way
+        why = disk_error(e)
+        if not why: raise
+        raise SweepStoppedError(_stopped_message(e, why, infos, skipped, todo, out)) from None
     finally:
         for l in locks: l.release()
     done = [k for k, i in infos.items() if i.get('status') in ('done', 'skipped')]
@@ -599,7 +615,21 @@ def sweep(plans,                  # plan files, or validated Plans
     say(summary(res, out))
     return res
 
+class SweepStoppedError(RuntimeError):
+    "The sweep stopped because its output cannot be written (disk full, read-only); finished runs are kept."
+
+MAX_WORKERS = 1024
+
+def _stopped_message(e, why, infos, skipped, todo, out) -> str:
+    done = sum(i.get('status') == 'done' for i in infos.values())
+    failed = sum(i.get('status') == 'failed' for i in infos.values())
+    return (f'sweep stopped: cannot write {e.filename or out}: {why}.\n'
+            f'finished: {done} run(s) now, {len(skipped)} before, {failed} failed, {len(todo) - done - failed} not run; '
+            f'finished runs are kept (their files are complete).\n'
+            f'to resume: free space (or make {out} writable) and run the same command again; it runs only what is missing.')
+
 def summary(res:SweepResult, out) -> str:
+
     "Final report of a sweep: counts, failed runs, overhead."
     lines = [f'finished: {len(res.done)} run(s) now, {len(res.skipped)} before, {len(res.failed)} failed']
     ov = overhead_summary([i for i in res.infos.values() if i.get('status') == 'done'])
@@ -639,6 +669,7 @@ def cli_sweep(argv=None) -> int:
     "Entry point of `contrastive-ablations sweep`; returns the exit status."
     from contrastive_ablations.plans import PlanError
     from contrastive_ablations.core import ParameterError
+    from contrastive_ablations.safeio import OutputError
     a = sweep_parser().parse_args(None if argv is None else [str(x) for x in argv])
     studies = [s.strip() for x in a.study or [] for s in x.split(',') if s.strip()] or None
     def on_term(*_): raise KeyboardInterrupt
@@ -647,8 +678,11 @@ def cli_sweep(argv=None) -> int:
         res = sweep(a.plans, out=a.out, profile=a.profile, studies=studies, seeds=a.seeds, workers=a.workers,
                     executor=a.executor, dry_run=a.dry_run, force=a.force, partition=a.partition, time_min=a.time,
                     gpus_per_job=a.gpus_per_job, cpus_per_job=a.cpus_per_job)
-    except (PlanError, ParameterError, ValueError, ImportError) as e:
+    except (PlanError, ParameterError, ValueError, ImportError, OutputError) as e:
         print(f'error: {e}', file=sys.stderr); return 2
+    except SweepStoppedError as e:
+        print(f'error: {e}', file=sys.stderr); return 4
+
     except SweepLockedError as e:
         print(f'error: {e}', file=sys.stderr); return 3
     except KeyboardInterrupt:
