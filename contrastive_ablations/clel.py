@@ -100,7 +100,8 @@ PARAMS = {
     'framework': Param(str, 'simclr', choices=CLEL_FRAMEWORKS, doc="self-supervised encoder; 'none' = no encoder (β term off)"),
     'norm_direction': Param(bool, True, doc='True: E = ½‖f‖² − β zᵀĝ (CLEL); False: REMOVE variant ½‖f‖² − β zᵀf'),
     'beta': Param(float, 0.01, lo=0, doc='training weight of the latent term'),
-    'seed': Param(int, 0, lo=0, doc='random seed'),
+    'seed': Param(int, 0, lo=0, hi=2**32 - 1, doc=
+'random seed'),
     'profile': Param(str, 'quick', choices=PROFILES, doc='scale profile'),
     'dataset': Param(str, 'fashion_mnist', choices=tuple(DATASETS), doc='training data'),
     'out_dir': Param(str, 'runs/manual/clel', doc='where the run writes its files'),

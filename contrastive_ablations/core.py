@@ -63,9 +63,13 @@ class Param:
             fail('is not a boolean')
         if self.kind in (int, float):
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)): fail('is not a number')
-            if self.kind is int and float(value) != int(value): fail('is not an integer')
-            value = self.kind(value)
-            if not np.isfinite(value): fail('is not finite')
+            try:
+                if self.kind is int and float(value) != int(value): fail('is not an integer')
+                value = self.kind(value); finite = bool(np.isfinite(value))
+            except (OverflowError, TypeError): fail('is out of range')   # e.g. 10**400 as a float, 2**70 for NumPy
+
+            if not finite: fail('is not finite')
+
             if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)): fail('is out of range')
             if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)): fail('is out of range')
             return value

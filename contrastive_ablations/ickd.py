@@ -67,7 +67,8 @@ PARAMS = dict(
     profile=Param(str, 'quick', choices=PROFILES, doc='scale: smoke (seconds), quick (Fashion-MNIST on a CPU), paper (CIFAR-100 recipe)'),
     dataset=Param(str, 'fashion_mnist', choices=tuple(DATASETS), doc='dataset name'),
     download=Param(bool, False, doc='let torchvision download a missing dataset (needs internet)'),
-    seed=Param(int, 0, lo=0, doc='random seed (data order, initialisation, augmentation)'),
+    seed=Param(int, 0, lo=0, hi=2**32 - 1, doc=
+'random seed (data order, initialisation, augmentation)'),
     device=Param(str, 'auto', doc="'auto', 'cpu', 'cuda' or 'cuda:N'"),
     out_dir=Param(str, 'runs/manual/ickd', doc='where the ablation notebook writes the run files'),
     with_controls=Param(bool, False, doc='also train a vanilla (lam=0) and an ungated teacher and their students'),
@@ -245,9 +246,14 @@ CURVE_COLUMNS = ['run', 'kind', 'epoch', 'step', 'loss', 'ce', 'intra', 'selecte
 
 def role_curves(role: str, res, spe: int) -> pd.DataFrame:
     "Curves of one role from a `TrainResult` in the long format above."
-    s = res.steps.copy(); s['kind'] = 'step'
+    s, e = res.steps.copy(), res.epochs.copy()
+    for df in (s, e):   # a run that diverged at its first step logged no row (and no column)
+        for c in ('epoch', 'step'):
+            if c not in df: df[c] = pd.Series(dtype=float)
+    s['kind'] = 'step'
     s['epoch'] = s['step'] / spe
-    e = res.epochs.copy(); e['kind'] = 'epoch'
+    e['kind'] = 'epoch'
+
     e['epoch'] = e['data_epoch'] if 'data_epoch' in e else e['epoch']
     if 'elapsed_s' in e: e['time_s'] = e['elapsed_s']   # wall seconds since the start of this role's training
     df = pd.concat([s, e], ignore_index=True); df['run'] = role
