@@ -70,7 +70,8 @@ class LimitedLoader(yaml.SafeLoader):
             try: key = self.construct_object(k); hash(key)
             except Exception: continue   # an unhashable or malformed key is reported when the document is constructed
             if key in seen:
-                raise _Refused(None, None, f'duplicate key {key!r} (first at line {seen[key]})', k.start_mark)
+                e = _Refused(None, None, f'duplicate key {key!r} (first at line {seen[key]})', k.start_mark)
+                e.field = str(key); raise e
             seen[key] = k.start_mark.line + 1
         return node
 
@@ -118,7 +119,7 @@ def load_yaml_limited(text:str,        # the document
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
-        raise InputFileError(path, f'is not valid YAML{where}: {getattr(e, "problem", None) or e}') from None
+        raise InputFileError(path, f'is not valid YAML{where}: {getattr(e, "problem", None) or e}', getattr(e, 'field', None)) from None
     except ValueError as e:   # e.g. an integer with thousands of digits
         raise InputFileError(path, f'is not valid YAML: {e}') from None
     finally: loader.dispose()
