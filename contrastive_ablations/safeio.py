@@ -109,20 +109,26 @@ def load_yaml_limited(text:str,        # the document
                      ):
     "Parse one YAML document into plain data, refusing tags, duplicate keys, alias bombs and deep nesting."
     if max_nodes is None: max_nodes = min(MAX_YAML_NODES, 1000 + 10 * len(text))
-    loader = LimitedLoader(text)
-    loader.max_depth = max_depth
+    loader = None
     try:
+        loader = LimitedLoader(text)   # the reader already refuses control characters here
+        loader.max_depth = max_depth
         node = loader.get_single_node()
         if node is None: return None
         _expanded(node, max_nodes, max_depth, node.start_mark)
         return loader.construct_document(node)
+    except yaml.reader.ReaderError as e:   # a control character, which has a position but no mark
+        ch = f'{e.character:#06x}' if isinstance(e.character, int) else repr(e.character)
+        raise InputFileError(path, f'is not valid YAML at line {text[:e.position].count(chr(10)) + 1}: '
+                             f'character {ch} is not allowed ({e.reason})') from None
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
         raise InputFileError(path, f'is not valid YAML{where}: {getattr(e, "problem", None) or e}', getattr(e, 'field', None)) from None
     except ValueError as e:   # e.g. an integer with thousands of digits
         raise InputFileError(path, f'is not valid YAML: {e}') from None
-    finally: loader.dispose()
+    finally:
+        if loader is not None: loader.dispose()
 
 # %% ../nbs/05_safeio.ipynb #b99c0501
 MAX_LIST, MAX_STR, MAX_INT = 1000, 10_000, 2**63 - 1
@@ -144,7 +150,7 @@ def check_plain_data(obj, path='<data>', field:str=None, max_depth:int=8):
         elif isinstance(o, dict):
             if len(o) > MAX_LIST: raise bad(f'mapping of {len(o)} entries is too large (at most {MAX_LIST})')
             for k, x in o.items():
-                if not isinstance(k, str): raise bad(f'key {k!r} is not a name (keys are text)')
+                if not isinstance(k, str): raise bad(f'key {k!r} {"" if where else "at the top level "}is not a name (keys are text)')
                 walk(k, where, depth + 1); walk(x, f'{where}.{k}' if where else k, depth + 1)
         else:
             kind = 'a date' if isinstance(o, (datetime.date, datetime.time)) else f'a {type(o).__name__}'

@@ -8,7 +8,6 @@ import pytest
 
 from contrastive_ablations import plans as P
 from contrastive_ablations import sweep as S
-from contrastive_ablations.safeio import InputFileError, check_writable, OutputError
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT/'tests'/'assets'
@@ -175,6 +174,7 @@ def test_workers_zero_is_an_error(tmp_path, capsys, workers):
 # ---- late failures -------------------------------------------------------------------------------------
 
 def test_unwritable_out_refused_before_any_run(tmp_path, capsys):
+    from contrastive_ablations.safeio import check_writable, OutputError
     (tmp_path/'file').write_text('x')
     rc = S.cli_sweep([ASSETS/'plans'/'toy_x.yaml', '--profile', 'smoke', '--out', tmp_path/'file'/'runs'])
     err = capsys.readouterr().err
