@@ -67,8 +67,9 @@ def expand_runs(plans,          # validated `Plan`s
                ) -> list:
     "Every run of `plans` as `RunSpec`s, in plan order: for each grid point, each seed."
     from contrastive_ablations.core import validate_params
-    out, runs = Path(out).resolve(), []
-    for plan in plans:
+    from contrastive_ablations.plans import PlanError
+    out, runs, dirs = Path(out).resolve(), [], {}
+    for i_plan, plan in enumerate(plans):
         exp = plan.experiment
         specs, nb = exp.get_params(), str(exp.notebook_path())
         for role, label, params in plan.grid():
@@ -77,14 +78,18 @@ def expand_runs(plans,          # validated `Plan`s
                 full = validate_params(specs, injected, where=f'{plan.source}: ')
                 rid = make_run_id(label, seed, full)
                 run_dir = out/plan.study/rid
+                if run_dir in dirs:   # same label and parameters twice: a study listed twice, or a repeated baseline
+                    other, other_label = dirs[run_dir]
+                    field = 'study' if other != i_plan else 'baselines' if role == 'baseline' else 'values'
+                    raise PlanError(plan.source, field, f'{label!r} and {other_label!r} (seed {seed}) would share the run '
+                                    f'folder {run_dir}; give them different labels or parameters')
+                dirs[run_dir] = (i_plan, label)
+
                 value = params.get(plan.parameter) if role != 'baseline' else label
                 runs.append(RunSpec(plan.study, rid, role, label, plan.parameter, value, seed, nb,
                                     {**injected, 'out_dir': str(run_dir)}, str(run_dir), f'{nb}:{params_hash(full)}'))
-    ids = [r.run_dir for r in runs]
-    if len(set(ids)) != len(ids):   # the same study listed twice
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f'two runs of the plans have the same directory: {dup[0]}')
     return share_identical_runs(runs)
+
 
 def share_identical_runs(runs:list) -> list:
     "Let runs with identical parameters (e.g. the control of two studies) be computed once (see below)."

@@ -65,7 +65,7 @@ def plan_dicts(draw):
                          'seeds': st.integers(-2, 2000) | st.lists(st.integers(-1, 2**33), max_size=5),
                          'parameter': st.sampled_from(['x', 'mode', 'flag', 'seed', 'device', 'nope']),
                          'fixed': st.dictionaries(st.sampled_from(['mode', 'flag', 'x', 'seed', 'y']), scalars, max_size=3),
-                         'baselines': st.lists(st.fixed_dictionaries({'label': st.text(max_size=70) | st.none(),
+                         'baselines': st.lists(st.fixed_dictionaries({'label': st.text(max_size=70) | st.sampled_from([None, 'b', 'x=0.1', 'x=0.3']),
                                                                       'params': st.dictionaries(st.sampled_from(['flag', 'mode', 'x', 'q']), scalars, max_size=2)}),
                                                max_size=3),
                         }.get(k, data))

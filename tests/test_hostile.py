@@ -159,9 +159,15 @@ def test_long_labels_make_short_run_ids():
 
 # ---- silently wrong input -------------------------------------------------------------------------------
 
-def test_duplicate_values_and_seeds(tmp_path):
+def test_duplicate_values_seeds_and_baselines(tmp_path, capsys):
     _refused(_plan(tmp_path, TOY_X.replace('values: [0.1, 0.5]', 'values: [0.0, -0.0]')), 'values[1]', 'repeats values[0]')
     _refused(_plan(tmp_path, TOY_X.replace('seeds: 2', 'seeds: [1, 2, 1]')), 'seeds', 'seed 1 is listed twice')
+
+    text = TOY_X.replace('baselines:', 'baselines:\n  - label: no flag\n    params: {flag: false}')
+    assert S.cli_sweep([_plan(tmp_path, text), '--profile', 'smoke', '--out', tmp_path/'runs']) == 2
+    err = capsys.readouterr().err
+    assert "plan.yaml: field 'baselines': 'no flag' and 'no flag' (seed 0) would share the run folder" in err, err
+    assert not (tmp_path/'runs').exists()
 
 
 @pytest.mark.parametrize('workers', ['0', '-3', '100000'])
