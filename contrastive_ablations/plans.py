@@ -151,7 +151,10 @@ def validate_plan(plan:Plan, profile:str='quick') -> Plan:
     f = plan.source
     try: check_name(plan.study, f, 'study')   # it becomes a folder: whole-string match, bounded length
     except InputFileError as e: raise PlanError(f, 'study', e.msg) from None
+    try: check_plain_data(dict(values=plan.values, control=plan.control, fixed=plan.fixed, seeds=plan.seeds), f)   # also for markdown and in-memory plans
+    except InputFileError as e: raise PlanError(f, e.field, e.msg) from None
     try: check_profile(profile)
+
     except ParameterError as e: raise PlanError(f, 'profile', str(e)) from None
     exp = find_experiment(plan.notebook, f)
     specs = exp.get_params()

@@ -687,6 +687,9 @@ def cli_sweep(argv=None) -> int:
         print(f'error: {e}', file=sys.stderr); return 2
     except SweepStoppedError as e:
         print(f'error: {e}', file=sys.stderr); return 4
+    except OSError as e:   # e.g. an --out path too long for the file system: the message names the path
+        print(f'error: {e}', file=sys.stderr); return 2
+
 
     except SweepLockedError as e:
         print(f'error: {e}', file=sys.stderr); return 3

@@ -72,6 +72,15 @@ def test_huge_numbers_and_counts(tmp_path, change, field, why):
     _refused(_plan(tmp_path, TOY_X.replace(*change)), field, why)
 
 
+def test_markdown_plan_values_bounded(tmp_path):
+    "Markdown plans do not pass through the YAML reader: validate_plan bounds their values too."
+    pytest.importorskip('contrastive_ablations.ickd')
+    words = ', '.join(str(i / 1e4) for i in range(2000))
+    p = _plan(tmp_path, f'### A\n- **Ablated Part**: margin threshold\n- **Action**: REPLACE\n- **Replacement**: {words}\n'
+                        '- **Metrics**: top-1 accuracy\n', 'plan.md')
+    _refused(p, 'values', 'list of 2000 items is too long')
+
+
 def test_param_check_overflow():
     from contrastive_ablations.core import Param, ParameterError
     for kind, v in [(float, 10**400), (int, 10**400), (int, float('inf'))]:
@@ -187,6 +196,11 @@ def test_unwritable_out_refused_before_any_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and 'is not writable' in err and str(tmp_path/'file'/'runs') in err, err
     with pytest.raises(OutputError, match='not writable'): check_writable(tmp_path/'file')
+
+
+def test_too_long_out_in_a_dry_run(tmp_path, capsys):
+    rc = S.cli_sweep([ASSETS/'plans'/'toy_x.yaml', '--profile', 'smoke', '--dry-run', '--out', tmp_path/('y' * 300)])
+    assert rc == 2 and 'File name too long' in capsys.readouterr().err
 
 
 def test_template_checks_out_dir_before_training(tmp_path):
