@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'FMNIST_MEAN', 'FMNIST_STD', 'ARCH_VERSION', 'EXTRACTOR_PRESETS', 'CLASSIFIER_EXTRACTOR', 'INCEPTION_EXTRACTOR',
            'INCEPTION_FILE', 'feature_statistics', 'frechet_distance', 'fid_from_features', 'check_images', 'to_uint8',
-           'UInt8Images', 'FIDFeatureCNN', 'train_feature_cnn', 'ClassifierExtractor', 'load_classifier_extractor',
-           'save_classifier_extractor', 'get_fmnist_extractor', 'TorchFidelityClassifier',
+           'UInt8Images', 'FIDFeatureCNN', 'train_feature_cnn', 'CorruptExtractorError', 'ClassifierExtractor',
+           'load_classifier_extractor', 'save_classifier_extractor', 'get_fmnist_extractor', 'TorchFidelityClassifier',
            'register_classifier_extractor', 'extract_features', 'inception_candidates', 'find_inception_weights',
            'inception_unavailable_reason', 'resolve_fid_extractor', 'fid_score', 'auroc', 'score_images', 'ood_aurocs',
            'build_ood_sets', 'ood_sets']
@@ -168,6 +168,9 @@ EXTRACTOR_PRESETS = {
     'tiny': dict(widths=(8, 16), feature_dim=64, epochs=3, n_train=2000, batch_size=50),
 }
 
+class CorruptExtractorError(RuntimeError):
+    "A cached FID extractor whose files are damaged; the message names the file."
+
 @dataclass
 class ClassifierExtractor:
     "A trained, cached FID feature classifier: where its weights are and what they are."
@@ -190,7 +193,7 @@ class ClassifierExtractor:
         "The classifier with its weights (checked against the recorded SHA-256), eval mode, CPU."
         sha = hashlib.sha256(Path(self.path).read_bytes()).hexdigest()
         if sha != self.meta['weights_sha256']:
-            raise RuntimeError(f"FID extractor weights {self.path} do not match their metadata (sha256 {sha[:8]} != "
+            raise CorruptExtractorError(f"FID extractor weights {self.path} do not match their metadata (sha256 {sha[:8]} != "
                                f"{self.meta['weights_sha256'][:8]}); delete both files to retrain")
         m = FIDFeatureCNN(tuple(self.meta['widths']), self.meta['feature_dim'], self.meta['n_classes'])
         m.load_state_dict(torch.load(self.path, map_location='cpu', weights_only=True))
@@ -203,7 +206,12 @@ def load_classifier_extractor(path) -> ClassifierExtractor:
     path = Path(path)
     if not path.is_file() or not _meta_path(path).is_file():
         raise FileNotFoundError(f"no FID extractor at {path} (needs {path.name} and {_meta_path(path).name})")
-    return ClassifierExtractor(path, read_json(_meta_path(path)))
+    mp, need = _meta_path(path), ('weights_sha256', 'widths', 'feature_dim', 'n_classes', 'test_accuracy', 'n_train')
+    try: meta, why = read_json(mp, dict), f"needs {', '.join(need)}"
+    except (OSError, ValueError) as e: meta, why = None, str(e).removeprefix(f'{mp}: ')   # the path is said once
+    if meta is None or any(k not in meta for k in need) or not isinstance(meta['weights_sha256'], str):
+        raise CorruptExtractorError(f"FID extractor metadata {mp} is damaged ({why}); delete it and {path.name} to retrain")
+    return ClassifierExtractor(path, meta)
 
 def save_classifier_extractor(model: FIDFeatureCNN, meta: dict, path) -> ClassifierExtractor:
     "Save weights (atomically) and metadata with the weights' SHA-256; return the record."
@@ -233,7 +241,11 @@ def get_fmnist_extractor(preset: str = 'full',          # 'full' (reported FIDs)
     folder = cache_dir() / 'fid_extractors'; folder.mkdir(parents=True, exist_ok=True)
     path = folder / f'{stem}.pt'
     with file_lock(folder / f'{stem}.lock'):   # two runs never train the same extractor at once
-        if path.is_file() and _meta_path(path).is_file(): return load_classifier_extractor(path)
+        if path.is_file() and _meta_path(path).is_file():
+            try: return load_classifier_extractor(path)
+            except CorruptExtractorError as e:   # e.g. a truncated metadata file after a full disk: train it again
+                if not train_if_missing: raise
+                log.warning(f'{e}: training it again')
         if not train_if_missing:
             raise FileNotFoundError(f"no cached FID extractor {path}; call get_fmnist_extractor({preset!r}, "
                                     "train_if_missing=True) to train it once (a few minutes on a CPU for 'full')")

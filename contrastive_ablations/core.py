@@ -85,9 +85,11 @@ def _coerce(self: Param, name: str, value: Any, where: str = '') -> Any:
         fail('is not a boolean')
     if self.kind in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)): fail('is not a number')
-        if self.kind is int and float(value) != int(value): fail('is not an integer')
-        value = self.kind(value)
-        if not np.isfinite(value): fail('is not finite')
+        try:
+            if self.kind is int and float(value) != int(value): fail('is not an integer')
+            value = self.kind(value); finite = bool(np.isfinite(value))
+        except (OverflowError, TypeError): fail('is out of range')   # e.g. 10**400 as a float, 2**70 for NumPy
+        if not finite: fail('is not finite')
         if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)): fail('is out of range')
         if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)): fail('is out of range')
         return value
@@ -175,10 +177,19 @@ def atomic_write_json(path, obj):
     "Write `obj` as indented JSON to `path` atomically."
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + '\n')
 
-def read_json(path):
-    "Read a JSON file; a file that is not UTF-8 JSON raises `ValueError` naming it."
-    try: return json.loads(Path(path).read_text(encoding='utf-8'))
+_JSON_KIND = {dict: 'object', list: 'array', str: 'string', int: 'number', float: 'number', bool: 'boolean', type(None): 'null'}
+
+def read_json(path,       # a JSON file
+              kind=None,  # the Python type its top level must have (None: any)
+             ):
+    "Read a JSON file; one that is not UTF-8 JSON (of `kind`) raises `ValueError` naming it."
+    try: obj = json.loads(Path(path).read_text(encoding='utf-8'))
     except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f'{path}: not a valid JSON file ({e})') from None
+    except RecursionError: raise ValueError(f'{path}: not a valid JSON file (nested too deeply)') from None
+    if kind is not None and not isinstance(obj, kind):
+        name = lambda t: _JSON_KIND.get(t, t.__name__)
+        raise ValueError(f'{path}: expected a JSON {name(kind)}, found a JSON {name(type(obj))}')
+    return obj
 
 # %% ../nbs/00_core.ipynb #c63f3f97
 RUN_STATUSES = ('ok', 'diverged', 'failed')  # `status` values an experiment can report

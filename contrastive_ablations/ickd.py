@@ -208,9 +208,13 @@ CURVE_COLUMNS = ['run', 'kind', 'epoch', 'step', 'loss', 'ce', 'intra', 'selecte
 
 def role_curves(role: str, res, spe: int) -> pd.DataFrame:
     "Curves of one role from a `TrainResult` in the long format above."
-    s = res.steps.copy(); s['kind'] = 'step'
+    s, e = res.steps.copy(), res.epochs.copy()
+    for df in (s, e):   # a run that diverged at its first step logged no row (and no column)
+        for c in ('epoch', 'step'):
+            if c not in df: df[c] = pd.Series(dtype=float)
+    s['kind'] = 'step'
     s['epoch'] = s['step'] / spe
-    e = res.epochs.copy(); e['kind'] = 'epoch'
+    e['kind'] = 'epoch'
     e['epoch'] = e['data_epoch'] if 'data_epoch' in e else e['epoch']
     if 'elapsed_s' in e: e['time_s'] = e['elapsed_s']   # wall seconds since the start of this role's training
     df = pd.concat([s, e], ignore_index=True); df['run'] = role

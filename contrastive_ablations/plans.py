@@ -9,16 +9,15 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .core import ParameterError, check_profile
+from .core import ParameterError, check_profile, same_value
 from .experiments import (Baseline, EXPERIMENTS, Experiment, METRIC_ALIASES, Metric, Part)
+from .safeio import InputFileError, check_name, check_plain_data, load_yaml_limited, read_text_file
 
 # %% auto #0
-__all__ = ['DEFAULT_SEEDS', 'SWEEP_OWNED', 'REQUIRED_FIELDS', 'OPTIONAL_FIELDS', 'PlanError', 'register_experiment',
-           'find_experiment', 'Plan', 'validate_plan', 'plan_from_dict', 'read_yaml_plan', 'fix_mojibake', 'all_parts',
-           'canonical_metric', 'find_part', 'part_value', 'parse_markdown_sections', 'read_markdown_plan',
-           'read_plan_file', 'load_plans']
+__all__ = ['DEFAULT_SEEDS', 'SWEEP_OWNED', 'REQUIRED_FIELDS', 'OPTIONAL_FIELDS', 'MAX_SEEDS', 'MAX_SEED', 'PlanError',
+           'register_experiment', 'find_experiment', 'Plan', 'validate_plan', 'plan_from_dict', 'read_yaml_plan',
+           'fix_mojibake', 'all_parts', 'canonical_metric', 'find_part', 'part_value', 'parse_markdown_sections',
+           'read_markdown_plan', 'read_plan_file', 'load_plans']
 
 # %% ../nbs/30_plans.ipynb #5c2b6e33
 class PlanError(ValueError):
@@ -49,7 +48,6 @@ def find_experiment(notebook:str, file='<plan>') -> Experiment:
 # %% ../nbs/30_plans.ipynb #838b216d
 DEFAULT_SEEDS = 3
 SWEEP_OWNED = ('seed', 'profile', 'out_dir')   # parameters the sweep sets for every run
-_STUDY_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
 @dataclass
 class Plan:
@@ -111,8 +109,10 @@ def _check_parameter(plan:Plan, exp:Experiment):
 def validate_plan(plan:Plan, profile:str='quick') -> Plan:
     "Check `plan` against its experiment; return it with values coerced to the parameters' types."
     f = plan.source
-    if not isinstance(plan.study, str) or not _STUDY_RE.match(plan.study) or '..' in plan.study:
-        raise PlanError(f, 'study', f'{plan.study!r} is not a valid study name (letters, digits, _ . -)')
+    try: check_name(plan.study, f, 'study')   # it becomes a folder: whole-string match, bounded length
+    except InputFileError as e: raise PlanError(f, 'study', e.msg) from None
+    try: check_plain_data(dict(values=plan.values, control=plan.control, fixed=plan.fixed, seeds=plan.seeds), f)
+    except InputFileError as e: raise PlanError(f, e.field, e.msg) from None   # also markdown and in-memory plans
     try: check_profile(profile)
     except ParameterError as e: raise PlanError(f, 'profile', str(e)) from None
     exp = find_experiment(plan.notebook, f)
@@ -125,7 +125,9 @@ def validate_plan(plan:Plan, profile:str='quick') -> Plan:
         raise PlanError(f, 'values', 'must be a non-empty list of values')
     fixed = {k: v for k, v in check('fixed', plan.fixed).items() if k in plan.fixed}   # first: values are checked with it
     values = [check(f'values[{i}]', {**fixed, plan.parameter: v})[plan.parameter] for i, v in enumerate(plan.values)]
-    if len(set(map(repr, values))) != len(values): raise PlanError(f, 'values', f'repeated values in {values}')
+    for i, v in enumerate(values):   # by value, not by spelling: -0.0 repeats 0.0, and 1 repeats 1.0
+        j = next((j for j in range(i) if same_value(values[j], v)), None)
+        if j is not None: raise PlanError(f, f'values[{i}]', f'{plan.values[i]!r} repeats values[{j}] = {plan.values[j]!r}')
     control = check('control', {**fixed, plan.parameter: plan.control})[plan.parameter]
     baselines = []
     for i, b in enumerate(plan.baselines):
@@ -134,21 +136,25 @@ def validate_plan(plan:Plan, profile:str='quick') -> Plan:
     unknown = [m for m in plan.metrics if m not in exp.families]
     if unknown or not plan.metrics:
         raise PlanError(f, 'metrics', f'unknown metric(s) {unknown or plan.metrics} for {exp.name}; known: {", ".join(exp.families)}')
-    if not plan.seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in plan.seeds):
-        raise PlanError(f, 'seeds', f'{plan.seeds!r}: give a number of seeds >= 1 or a list of seeds >= 0')
-    return Plan(plan.study, plan.notebook, plan.parameter, values, control, list(plan.metrics), list(plan.seeds),
+    return Plan(plan.study, plan.notebook, plan.parameter, values, control, list(plan.metrics), _seeds(plan.seeds, f),
                 baselines, fixed, plan.title, plan.description, plan.source)
 
 # %% ../nbs/30_plans.ipynb #b627ce37
 REQUIRED_FIELDS = ('study', 'notebook', 'parameter', 'values', 'control', 'metrics')
 OPTIONAL_FIELDS = ('baselines', 'fixed', 'seeds', 'title', 'description')
 
+MAX_SEEDS, MAX_SEED = 1000, 2**32 - 1   # seeds per run point; NumPy's seed range
+
 def _seeds(v, file, field_name='seeds'):
     if isinstance(v, int) and not isinstance(v, bool):
-        if v < 1: raise PlanError(file, field_name, f'{v} seeds: need at least 1')
+        if not 1 <= v <= MAX_SEEDS: raise PlanError(file, field_name, f'{v} seeds: need at least 1 and at most {MAX_SEEDS}')
         return list(range(v))
-    if isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v): return v
-    raise PlanError(file, field_name, f'{v!r}: give a number of seeds (>= 1) or a list of seeds (ints >= 0)')
+    if not (isinstance(v, list) and 1 <= len(v) <= MAX_SEEDS
+            and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in v)):
+        raise PlanError(file, field_name, f'{str(v)[:80]}: give a number of seeds (1 to {MAX_SEEDS}) or a list of seeds (ints in [0, {MAX_SEED}])')
+    dup = next((s for i, s in enumerate(v) if s in v[:i]), None)
+    if dup is not None: raise PlanError(file, field_name, f'seed {dup} is listed twice')
+    return list(v)
 
 def _baselines(v, file) -> list:
     if v is None: return []
@@ -161,13 +167,17 @@ def _baselines(v, file) -> list:
         else: raise PlanError(file, f'baselines[{i}]', f'{b!r}: give {{label: ..., params: {{name: value}}}} or {{name: value}}')
         if not params or not all(isinstance(k, str) for k in params):
             raise PlanError(file, f'baselines[{i}]', f'{b!r}: needs at least one parameter name: value')
-        out.append(Baseline(str(label) if label else '_'.join(f'{k}={_fmt(x)}' for k, x in params.items()), dict(params)))
+        if label is not None and not (isinstance(label, str) and 0 < len(label) <= 64):   # labels become run folder names
+            raise PlanError(file, f'baselines[{i}].label', f'{str(label)[:40]!r}: give a text of 1 to 64 characters')
+        out.append(Baseline(label if label else '_'.join(f'{k}={_fmt(x)}' for k, x in params.items()), dict(params)))
     return out
 
 # %% ../nbs/30_plans.ipynb #fda3cb0d
 def plan_from_dict(d, file='<plan>') -> Plan:
     "Build a `Plan` from parsed YAML, checking the structure (field presence and shapes)."
     if not isinstance(d, dict): raise PlanError(file, None, f'expected a mapping of plan fields, got {type(d).__name__}')
+    try: check_plain_data(d, file)   # types and sizes bounded before any field is interpreted
+    except InputFileError as e: raise PlanError(file, e.field, e.msg) from None
     unknown = sorted(set(map(str, d)) - set(REQUIRED_FIELDS + OPTIONAL_FIELDS))
     if unknown: raise PlanError(file, unknown[0], f'unknown field; known fields: {", ".join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}')
     for k in REQUIRED_FIELDS:
@@ -187,11 +197,8 @@ def plan_from_dict(d, file='<plan>') -> Plan:
 def read_yaml_plan(path) -> Plan:
     "Parse a YAML plan file (safe loader: plain data only)."
     path = Path(path)
-    try: d = yaml.safe_load(path.read_text(encoding='utf-8'))
-    except yaml.YAMLError as e:
-        mark = getattr(e, 'problem_mark', None)
-        where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
-        raise PlanError(path, None, f'is not valid YAML{where}: {getattr(e, "problem", None) or e}') from None
+    try: d = load_yaml_limited(read_text_file(path), path)   # no tags, duplicate keys, alias bombs or deep nesting
+    except InputFileError as e: raise PlanError(path, e.field, e.msg) from None
     return plan_from_dict(d, path)
 
 # %% ../nbs/30_plans.ipynb #437b5333
@@ -286,7 +293,8 @@ def _as_list(v) -> list:
 def read_markdown_plan(path, seeds=DEFAULT_SEEDS) -> list:
     "Parse a markdown \"Ablation Plan\" into `Plan`s (one per `###` study)."
     path = Path(path)
-    text = path.read_text(encoding='utf-8', errors='replace')
+    try: text = read_text_file(path, errors='replace')   # prose plans are often re-encoded; fix_mojibake repairs that
+    except InputFileError as e: raise PlanError(path, None, e.msg) from None
     sections = parse_markdown_sections(text)
     if not sections: raise PlanError(path, None, 'no ablation studies found (expected "### Title" sections with "- **Ablated Part**: ..." bullets)')
     plans = []
@@ -337,7 +345,8 @@ def load_plans(paths,              # plan files
         if missing: raise PlanError(', '.join(map(str, paths)), 'study', f'no study {", ".join(missing)} in these plans; studies: {", ".join(known)}')
         plans = [p for p in plans if p.study in studies]
     if seeds is not None:
-        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1: raise PlanError('--seeds', None, f'{seeds!r}: need an integer >= 1')
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+            raise PlanError('--seeds', None, f'{seeds!r}: need an integer from 1 to {MAX_SEEDS}')
         for p in plans: p.seeds = list(range(seeds))
     plans = [validate_plan(p, profile) for p in plans]
     dup = sorted({p.study for p in plans if [q.study for q in plans].count(p.study) > 1})

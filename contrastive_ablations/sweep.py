@@ -11,19 +11,20 @@ from pathlib import Path
 
 from .core import (PROFILES, LockedError, atomic_write_text, file_lock, package_root, read_json,
                                         same_value)
+from .safeio import check_writable, disk_error
 
 # Nothing heavy at import time: worker processes import this module, and importing the plans (and
 # through them the experiments and torch) would add seconds to every worker start. `core` is light.
 
 # %% auto #0
-__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'SLURM_ENDED', 'SLURM_WHY', 'RunSpec',
-           'params_hash', 'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch',
-           'run_state', 'kernel_env', 'execute_run', 'notebook_timing', 'has_parameters_cell', 'SweepLockedError',
-           'StudyLock', 'library_versions', 'git_info', 'detect_gpus', 'machine_info', 'write_manifest', 'Progress',
-           'run_local', 'run_submitit', 'slurm_partitions', 'slurm_check', 'slurm_parameters', 'sbatch_script',
-           'SlurmTimeLimit', 'slurm_job', 'slurm_states', 'record_job_failure', 'run_slurm', 'check_notebook',
-           'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table', 'sweep', 'summary', 'sweep_parser',
-           'cli_sweep']
+__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'SLURM_ENDED', 'SLURM_WHY', 'MAX_WORKERS',
+           'RunSpec', 'params_hash', 'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs',
+           'params_mismatch', 'run_state', 'kernel_env', 'execute_run', 'notebook_timing', 'has_parameters_cell',
+           'SweepLockedError', 'StudyLock', 'library_versions', 'git_info', 'detect_gpus', 'machine_info',
+           'write_manifest', 'Progress', 'run_local', 'run_submitit', 'slurm_partitions', 'slurm_check',
+           'slurm_parameters', 'sbatch_script', 'SlurmTimeLimit', 'slurm_job', 'slurm_states', 'record_job_failure',
+           'run_slurm', 'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table',
+           'sweep', 'SweepStoppedError', 'summary', 'sweep_parser', 'cli_sweep']
 
 # %% ../nbs/31_sweep.ipynb #3dd3fee9
 HASH_EXCLUDE = ('out_dir', 'device')   # where and on what a run executes, not what it computes
@@ -54,7 +55,7 @@ def params_hash(full_params:dict) -> str:
 
 def make_run_id(label:str, seed:int, full_params:dict) -> str:
     "Readable part + 8 hex digits of the hash of the complete parameters (without out_dir/device)."
-    return f'{_slug(label)}_seed={seed}-{params_hash(full_params)[:8]}'
+    return f'{_slug(label)[:80]}_seed={seed}-{params_hash(full_params)[:8]}'   # the hash keeps a cut label unique
 
 def expand_runs(plans,          # validated `Plan`s
                 profile:str,    # scale profile for every run
@@ -62,8 +63,9 @@ def expand_runs(plans,          # validated `Plan`s
                ) -> list:
     "Every run of `plans` as `RunSpec`s, in plan order: for each grid point, each seed."
     from contrastive_ablations.core import validate_params
-    out, runs = Path(out).resolve(), []
-    for plan in plans:
+    from contrastive_ablations.plans import PlanError
+    out, runs, dirs = Path(out).resolve(), [], {}
+    for i_plan, plan in enumerate(plans):
         exp = plan.experiment
         specs, nb = exp.knobs, str(exp.notebook_path())
         for role, label, params in plan.grid():
@@ -72,13 +74,15 @@ def expand_runs(plans,          # validated `Plan`s
                 full = validate_params(specs, injected, where=f'{plan.source}: ')
                 rid = make_run_id(label, seed, full)
                 run_dir = out/plan.study/rid
+                if run_dir in dirs:   # same label and parameters twice: a study listed twice, or a repeated baseline
+                    other, other_label = dirs[run_dir]
+                    field = 'study' if other != i_plan else 'baselines' if role == 'baseline' else 'values'
+                    raise PlanError(plan.source, field, f'{label!r} and {other_label!r} (seed {seed}) would share the run '
+                                    f'folder {run_dir}; give them different labels or parameters')
+                dirs[run_dir] = (i_plan, label)
                 value = params.get(plan.parameter) if role != 'baseline' else label
                 runs.append(RunSpec(plan.study, rid, role, label, plan.parameter, value, seed, nb,
                                     {**injected, 'out_dir': str(run_dir)}, str(run_dir), f'{nb}:{params_hash(full)}'))
-    ids = [r.run_dir for r in runs]
-    if len(set(ids)) != len(ids):   # the same study listed twice
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f'two runs of the plans have the same directory: {dup[0]}')
     return share_identical_runs(runs)
 
 def share_identical_runs(runs:list) -> list:
@@ -118,9 +122,14 @@ def params_mismatch(injected:dict, used:dict) -> list:
     return bad
 
 def _read(path):
-    "A JSON file's content, or None when it is missing or unreadable (the run is then redone)."
-    try: return read_json(path)
+    "A JSON object's content, or None when the file is missing, unreadable or of another shape ([], a string)."
+    try: return read_json(path, dict)
     except (OSError, ValueError): return None
+
+def _metrics_ok(m:dict) -> bool:
+    "metrics.json is flat: a finished status and name -> number (or null)."
+    return m.get('status') in FINISHED_STATUSES and all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for k, v in m.items() if k != 'status')
 
 def run_state(spec:RunSpec) -> str:
     "'done' (finished, see the rules above), 'failed' (error.txt present) or 'todo'."
@@ -128,7 +137,7 @@ def run_state(spec:RunSpec) -> str:
     if (d/'error.txt').exists(): return 'failed'
     m, p = _read(d/'metrics.json'), _read(d/'params.json')
     if m is None or p is None or not (d/'run.ipynb').exists(): return 'todo'
-    if m.get('status') not in FINISHED_STATUSES or params_mismatch(spec.params, p): return 'todo'
+    if not _metrics_ok(m) or params_mismatch(spec.params, p): return 'todo'   # anything else is redone
     return 'done'
 
 # %% ../nbs/31_sweep.ipynb #bd396a57
@@ -229,9 +238,9 @@ def _execute(spec, d, threads, gpu):
 def notebook_timing(path) -> dict:
     "From papermill's metadata in an executed notebook: time inside cells, and kernel start-up before the first cell."
     from datetime import datetime
-    try: nb = read_json(path)
-    except (OSError, ValueError): return {}
-    cells = [c.get('metadata', {}).get('papermill', {}) for c in nb.get('cells', [])]
+    nb = _read(path)
+    if nb is None or not isinstance(nb.get('cells'), list): return {}
+    cells = [c.get('metadata', {}).get('papermill', {}) for c in nb['cells'] if isinstance(c, dict)]
     cells = [c for c in cells if c.get('start_time')]
     start = nb.get('metadata', {}).get('papermill', {}).get('start_time')
     out = {'cells_s': sum(c.get('duration') or 0 for c in cells)}
@@ -241,9 +250,10 @@ def notebook_timing(path) -> dict:
 
 def has_parameters_cell(notebook) -> bool:
     "Whether `notebook` has a cell tagged 'parameters' (where papermill injects values)."
-    try: nb = read_json(notebook)
-    except (OSError, ValueError): return False
-    return any('parameters' in c.get('metadata', {}).get('tags', []) for c in nb.get('cells', []))
+    nb = _read(notebook)
+    if nb is None or not isinstance(nb.get('cells'), list): return False
+    return any(isinstance(c, dict) and 'parameters' in (c.get('metadata') or {}).get('tags', []) for c in nb['cells'])
+
 
 # %% ../nbs/31_sweep.ipynb #82cb8ef3
 class SweepLockedError(RuntimeError):
@@ -384,6 +394,7 @@ def _worker_init(gpu_queue, threads):
         for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[k] = str(threads)
 
 def _failed(spec, e) -> dict:
+    if disk_error(e): raise e   # a full or read-only disk fails every later run too: stop the sweep (see `sweep`)
     return dict(run_id=spec.run_id, study=spec.study, status='failed', error=f'{type(e).__name__}: {e}'[:300])
 
 def run_local(todo:list, workers:int, threads:int, force:bool, progress:Progress, on_result) -> None:
@@ -696,12 +707,13 @@ def sweep(plans,                  # plan files, or validated Plans
     say = lambda m: print(m, file=stream, flush=True)
     if executor not in ('local', 'slurm', 'submitit-local'):
         raise ValueError(f"executor {executor!r}: use 'local', 'slurm' or 'submitit-local'")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS):
+        raise ValueError(f'workers = {workers!r}: give an integer from 1 to {MAX_WORKERS}')
     if not (isinstance(plans, (list, tuple)) and plans and all(isinstance(p, Plan) for p in plans)):
         plans = load_plans(plans, studies=studies, profile=profile, seeds=seeds)
     for p in plans: check_notebook(p.experiment.notebook_path(), p.source)
     out = Path(out).resolve()
     runs = expand_runs(plans, profile, out)
-    if workers is not None and workers < 1: raise ValueError(f'workers = {workers}: need at least 1')
     if executor == 'slurm':   # ask the cluster before anything is created
         try: slurm.update(slurm_check(slurm.get('partition'), slurm.get('gpus_per_job'), slurm.get('cpus_per_job')))
         except ValueError as e:
@@ -714,7 +726,9 @@ def sweep(plans,                  # plan files, or validated Plans
             script = sbatch_script(slurm_parameters(workers or n, **slurm), n, out/'.submitit')
             say('sbatch parameters:\n' + '\n'.join(l for l in script.splitlines() if l.startswith('#SBATCH')))
         return SweepResult(runs, [], [], {}, {})
+    for p in plans: check_writable(out/p.study)   # before any run: not after the first hour of training
     locks = [StudyLock(out/p.study) for p in sorted(plans, key=lambda p: p.study)]
+    infos, skipped, todo = {}, [], []
     try:
         for l in locks: l.acquire()
         link_shared_runs(runs)
@@ -727,7 +741,6 @@ def sweep(plans,                  # plan files, or validated Plans
                    max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo)))))
         settings = dict(executor=executor, workers=workers, threads_per_run=threads, seeds=seeds, force=force,
                         command=' '.join(sys.argv), started=time.strftime('%Y-%m-%dT%H:%M:%S%z'), **slurm)
-        infos = {}
         by_study = {p.study: p for p in plans}
         for p in plans: write_manifest(out, p, [r for r in runs if r.study == p.study], profile, settings)
         say(f'sweep: {len(plans)} stud{"y" if len(plans) == 1 else "ies"}, {len(runs)} runs ({len(skipped)} finished before, '
@@ -743,6 +756,10 @@ def sweep(plans,                  # plan files, or validated Plans
             if executor == 'local': run_local(todo, workers, threads, force, progress, on_result)
             elif executor == 'slurm': run_slurm(todo, out, workers, force, progress, on_result, **slurm)
             else: run_submitit(todo, out, workers, threads, force, progress, on_result, slurm.get('time_min', 120))
+    except OSError as e:   # disk full, read-only, permission: every later write would fail the same way
+        why = disk_error(e)
+        if not why: raise
+        raise SweepStoppedError(_stopped_message(e, why, infos, skipped, todo, out)) from None
     finally:
         for l in locks: l.release()
     done = [k for k, i in infos.items() if i.get('status') in ('done', 'skipped')]
@@ -750,6 +767,19 @@ def sweep(plans,                  # plan files, or validated Plans
     res = SweepResult(runs, skipped, done, failed, infos)
     say(summary(res, out))
     return res
+
+class SweepStoppedError(RuntimeError):
+    "The sweep stopped because its output cannot be written (disk full, read-only); finished runs are kept."
+
+MAX_WORKERS = 1024
+
+def _stopped_message(e, why, infos, skipped, todo, out) -> str:
+    done = sum(i.get('status') == 'done' for i in infos.values())
+    failed = sum(i.get('status') == 'failed' for i in infos.values())
+    return (f'sweep stopped: cannot write {e.filename or out}: {why}.\n'
+            f'finished: {done} run(s) now, {len(skipped)} before, {failed} failed, {len(todo) - done - failed} not run; '
+            f'finished runs are kept (their files are complete).\n'
+            f'to resume: free space (or make {out} writable) and run the same command again; it runs only what is missing.')
 
 def summary(res:SweepResult, out) -> str:
     "Final report of a sweep: counts, failed runs, overhead."
@@ -792,6 +822,7 @@ def cli_sweep(argv=None) -> int:
     "Entry point of `contrastive-ablations sweep`; returns the exit status."
     from contrastive_ablations.plans import PlanError
     from contrastive_ablations.core import ParameterError
+    from contrastive_ablations.safeio import OutputError
     a = sweep_parser().parse_args(None if argv is None else [str(x) for x in argv])
     studies = [s.strip() for x in a.study or [] for s in x.split(',') if s.strip()] or None
     def on_term(*_): raise KeyboardInterrupt
@@ -800,10 +831,14 @@ def cli_sweep(argv=None) -> int:
         res = sweep(a.plans, out=a.out, profile=a.profile, studies=studies, seeds=a.seeds, workers=a.workers,
                     executor=a.executor, dry_run=a.dry_run, force=a.force, partition=a.partition, time_min=a.time,
                     gpus_per_job=a.gpus_per_job, cpus_per_job=a.cpus_per_job)
-    except (PlanError, ParameterError, ValueError, ImportError) as e:
+    except (PlanError, ParameterError, ValueError, ImportError, OutputError) as e:
         print(f'error: {e}', file=sys.stderr); return 2
+    except SweepStoppedError as e:
+        print(f'error: {e}', file=sys.stderr); return 4
     except SweepLockedError as e:
         print(f'error: {e}', file=sys.stderr); return 3
+    except OSError as e:   # e.g. an --out path too long for the file system: the message names the path
+        print(f'error: {e}', file=sys.stderr); return 2
     except KeyboardInterrupt:
         print('interrupted: finished runs are kept; run the same command again to complete the sweep', file=sys.stderr)
         return 130

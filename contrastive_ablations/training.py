@@ -257,7 +257,13 @@ def load_checkpoint(path,              # a file written by save_checkpoint
     "Load weights saved by `save_checkpoint` into `model`; returns the extra values."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"checkpoint file {str(path)!r} does not exist")
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    import pickle
+    try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:   # not a pickle, or an object that weights_only refuses to build
+        raise pickle.UnpicklingError(f'checkpoint {path} cannot be read safely: {str(e)[:300]}') from None
+    except Exception as e:   # empty or truncated file (EOFError), a damaged zip archive
+        raise CheckpointMismatchError(f'checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200] or "empty or truncated"}); '
+                                      'it is empty, truncated or not a checkpoint') from None
     if not isinstance(ckpt, dict) or 'state_dict' not in ckpt or 'arch' not in ckpt:
         raise CheckpointMismatchError(f'{path} is not a contrastive_ablations checkpoint (no arch/state_dict)')
     mine, theirs = arch_name(model), ckpt['arch']
