@@ -43,6 +43,7 @@ class Page(HTMLParser):
     def __init__(self, html):
         super().__init__()
         self.headings, self.imgs, self.links, self.loads, self.katex, self._h = [], [], [], [], 0, None
+        self.text, self._skip = [], 0
         self.feed(html)
 
     def handle_starttag(self, tag, attrs):
@@ -52,11 +53,14 @@ class Page(HTMLParser):
         if tag == 'a' and a.get('href'): self.links.append(a['href'])
         if tag in self.LOADS and a.get(self.LOADS[tag]): self.loads.append((tag, a[self.LOADS[tag]]))
         if tag == 'span' and 'katex' in (a.get('class') or '').split(): self.katex += 1
+        if tag in ('script', 'style'): self._skip += 1
 
     def handle_data(self, data):
         if self._h is not None: self._h[1] += data
+        if not self._skip: self.text.append(data)
 
     def handle_endtag(self, tag):
+        if tag in ('script', 'style'): self._skip = max(0, self._skip - 1)
         if self._h is not None and tag == self._h[0]:
             self.headings.append((tag, ' '.join(self._h[1].split()), self._h[2])); self._h = None
 
@@ -182,19 +186,25 @@ def test_ickd_demonstration_has_its_figure(site):
     assert 'Enriched versus vanilla teacher' in heads, heads
     figs = page.figures(after='Enriched versus vanilla teacher', before='Try this' if 'Try this' in heads else None)
     assert figs, "the slow cell's figure (enriched, vanilla and ungated teachers) is on the page"
-    html = (out / '11_ickd.html').read_text(encoding='utf-8')
-    assert 'vanilla_teacher' in html and "from the sweep's runs" in html, 'the demonstration read the smoke runs'
+    text = ' '.join(page.text)
+    assert 'vanilla_teacher' in text and "from the sweep's runs" in text, 'the demonstration read the smoke runs'
+
+
+@pytest.fixture(scope='module')
+def results_pages(site):
+    "Each study's results page, opened once in the browser."
+    out, _, _ = site
+    return {s: open_page(out, f'results/{s}.html', f'results_{s}', height=5200) for s in STUDIES}
 
 
 @needs_browser
 @needs_renderer
-def test_results_and_run_pages(site, runs_dir):
+def test_results_and_run_pages(site, runs_dir, results_pages):
     out, _, _ = site
     overview = open_page(out, 'results/index.html', 'results_index', height=1600)
-    assert ('Results') in overview.heads()
+    assert 'Results' in overview.heads()
     for s in STUDIES: assert any(h.endswith(f'{s}.html') for h in overview.links), f'overview links to {s}'
-    for s in STUDIES:
-        page = open_page(out, f'results/{s}.html', f'results_{s}', height=5200)
+    for s, page in results_pages.items():
         assert page.figures(), f'{s}: the results page shows figures'
         run_links = [h for h in page.links if re.match(rf'\.\./runs/{s}/[^/]+\.html$', h)]
         n_nb = len(list((runs_dir / s).glob('*/run.ipynb')))
@@ -210,12 +220,12 @@ def test_results_and_run_pages(site, runs_dir):
 
 @needs_browser
 @needs_renderer
-def test_results_pages_say_smoke(site):
-    "Smoke numbers mean nothing: each results page says it was built from smoke runs."
-    out, _, _ = site
-    for s in STUDIES:
-        dom = chromium((out / 'results' / f'{s}.html').as_uri(), '--dump-dom', '--virtual-time-budget=3000')
-        text = re.sub(r'<[^>]+>', ' ', re.sub(r'(?s)<(script|style)\b.*?</\1>', '', dom))
+def test_results_pages_say_smoke(results_pages):
+    "Smoke numbers mean nothing: each results page says that its runs are smoke runs."
+    # Today the pages name the profile in their study line; once the results pages carry the profile banner,
+    # tighten this to the banner (its element and its wording that smoke numbers mean nothing).
+    for s, page in results_pages.items():
+        text = ' '.join(' '.join(page.text).split())
         assert re.search(r'\bsmoke\b', text, re.I), f'{s}: the page does not say that its runs are smoke runs'
 
 
