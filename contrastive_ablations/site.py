@@ -428,7 +428,8 @@ def _render(use: str, proc: Path, build: Path, say):
     p = subprocess.run(cmd, cwd=build, capture_output=True, text=True)
     if p.returncode: raise RuntimeError(f"{use} render failed:\n{(p.stderr or p.stdout)[-3000:]}")
     msgs = [l for l in (p.stderr + p.stdout).splitlines() if l.strip()]
-    known = [l for l in msgs if 'output-file is not read' in l]   # expected: smalldocs names pages after the notebooks
+    # expected: smalldocs names pages after the notebooks, and renders math with KaTeX whatever Quarto is told
+    known = [l for l in msgs if 'output-file is not read' in l or 'html-math-method is ignored' in l]
     for l in [l for l in msgs if l not in known][:15]: say(f"  {use}: {l[:200]}")
 
 # %% ../nbs/41_site.ipynb #c176ce3b
