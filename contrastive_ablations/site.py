@@ -60,6 +60,7 @@ def _capture_shell(cwd):
             return super()._run(raw_cell, *args, **kw)
     return Shell(path=cwd, mpl_format='retina')
 
+# %% ../nbs/41_site.ipynb #666277eb
 def execute_notebook(src,                  # notebook to run
                      dst,                  # where to save it with outputs
                      skip_flags=(),        # cells flagged with any of these (e.g. 'slow') are not run
@@ -90,6 +91,7 @@ def execute_notebook(src,                  # notebook to run
     write_nb(nb, dst)
     return dict(notebook=str(src.name), seconds=round(time.time() - t0, 1), errors=errors, skipped=skipped)
 
+# %% ../nbs/41_site.ipynb #0fc04545
 def execute_in_subprocess(src, dst, skip_flags=(), inject=None, env=None, timeout: float = 1800, cwd=None) -> dict:
     "`execute_notebook` in a fresh Python process (isolated state; a crash or hang cannot stop the build)."
     args = json.dumps(dict(src=str(src), dst=str(dst), skip_flags=list(skip_flags), inject=inject, cwd=str(cwd) if cwd else None))
@@ -135,6 +137,7 @@ def runs_fingerprint(runs_dir) -> str:
             rows.append(f"{os.path.relpath(os.path.join(d, f), runs_dir)}:{st.st_size}:{st.st_mtime_ns}")
     return _sha(*sorted(rows))
 
+# %% ../nbs/41_site.ipynb #16c38309
 def _code_cells(nb: dict) -> list:
     return [c for c in nb['cells'] if c['cell_type'] == 'code']
 
@@ -292,6 +295,7 @@ def _katex_for_notebook(up: str) -> str:
     return (f'<link rel="stylesheet" href="{k}/katex.min.css">\n<script defer src="{k}/katex.min.js"></script>\n'
             f'<script defer src="{k}/contrib/auto-render.min.js" onload="renderMathInElement(document.body,{opts})"></script>')
 
+# %% ../nbs/41_site.ipynb #14a9f537
 def make_offline(site,          # rendered site folder
                  katex=None,    # KaTeX distribution folder (default: `find_katex()`; False: none)
                 ) -> dict:
@@ -352,6 +356,7 @@ def _clear_out(out: Path):
                                   "remove it or choose another folder")
         shutil.rmtree(out)
 
+# %% ../nbs/41_site.ipynb #e6fdae39
 def _reads_runs(nb_path: Path) -> bool:
     "Whether a lesson reads the sweep's runs (`sweep_run`, `resolve_runs_dir`: through $CONTRASTIVE_ABLATIONS_RUNS)."
     t = nb_path.read_text(encoding='utf-8'); return 'resolve_runs_dir(' in t or 'sweep_run(' in t
@@ -389,6 +394,7 @@ def _copy_sources(root: Path, build: Path, runs_dir: Path, fresh: bool) -> Path:
         if not (nbs/'results'/f'{name}.ipynb').exists(): nbformat.write(_page_for_new_study(name), nbs/'results'/f'{name}.ipynb')
     return nbs
 
+# %% ../nbs/41_site.ipynb #73f29f1f
 def _execute_all(root, nbs, runs_dir, cache, report, say, execute_lessons, lessons, workers, skip_slow, timeout):
     "Execute the chosen lessons and every results page (runs directory injected), through the cache."
     from concurrent.futures import ThreadPoolExecutor
@@ -419,6 +425,7 @@ def _execute_all(root, nbs, runs_dir, cache, report, say, execute_lessons, lesso
             report['cached' if r['cached'] else 'executed'].append(name)
             report['errors'] += [f"{name}: {e}" for e in r['errors']]
 
+# %% ../nbs/41_site.ipynb #72b4d683
 def _render(use: str, proc: Path, build: Path, say):
     "Render _proc into _proc/_site with quarto or smalldocs."
     if use == 'quarto': cmd = ['quarto', 'render', str(proc)]
