@@ -21,7 +21,7 @@ SITE ?= _site
 PORT ?= 8888
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: ablations fid-extractor smoke test site lab data browser venv check-sync check-clean nbtest pytest clean-build help
+.PHONY: ablations fid-extractor smoke test site lab data browser katex venv check-sync check-clean nbtest pytest clean-build help
 help:
 	@sed -n '1,6p' Makefile
 
@@ -44,8 +44,19 @@ data:
 	  && echo "Fashion-MNIST installed from Debian's dataset-fashion-mnist"; \
 	else echo "Fashion-MNIST: no Debian package here; torchvision will download it at first use"; fi
 
-# Headless Chromium for the site's browser test (skipped with a reason where it cannot be installed)
-browser:
+# The site's math renderer: KaTeX from Debian's libjs-katex, copied into every site (no page loads from a CDN).
+# Elsewhere point $$CONTRASTIVE_ABLATIONS_KATEX at a KaTeX dist folder; without one, formulas show as TeX.
+KATEX_DEB := /usr/share/javascript/katex/katex.min.js
+katex:
+	@if [ -f $(KATEX_DEB) ] || [ -n "$${CONTRASTIVE_ABLATIONS_KATEX:-}" ]; then true; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q libjs-katex || (apt-get update -q && apt-get install -y -q libjs-katex)) >/dev/null \
+	  && echo "KaTeX installed from Debian's libjs-katex" \
+	  || echo "libjs-katex could not be installed: the site's formulas will show as TeX"; \
+	else echo "no KaTeX and no apt: the site's formulas will show as TeX (set CONTRASTIVE_ABLATIONS_KATEX)"; fi
+
+# Headless Chromium for the site's browser test (skipped with a reason where it cannot be installed), and KaTeX
+browser: katex
 	@if command -v chromium >/dev/null; then true; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) >/dev/null \
@@ -69,7 +80,7 @@ endif
 smoke:
 	$(MAKE) --no-print-directory ablations PROFILE=smoke SEEDS=1
 
-site: venv
+site: venv katex
 	$(BIN)/python -m contrastive_ablations site --runs $(RUNS) --out $(SITE)
 
 lab: venv data

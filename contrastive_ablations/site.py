@@ -10,8 +10,10 @@ from pathlib import Path
 from .core import package_root
 
 # %% auto #0
-__all__ = ['MARKER', 'repo_root', 'renderer_available', 'execute_notebook', 'execute_in_subprocess', 'convert_run_notebooks',
-           'proc_nbs_safely', 'doc_base_url', 'localize_doc_links', 'build_site', 'cli_site']
+__all__ = ['KATEX_DIRS', 'KATEX_CDN', 'MARKER', 'repo_root', 'renderer_available', 'execute_notebook', 'execute_in_subprocess',
+           'package_fingerprint', 'runs_fingerprint', 'cached_execute', 'convert_run_notebooks', 'sweep_run',
+           'proc_nbs_safely', 'doc_base_url', 'localize_doc_links', 'find_katex', 'make_offline', 'external_loads',
+           'build_site', 'cli_site']
 
 # %% ../nbs/41_site.ipynb #f05f581e
 def repo_root(start=None) -> Path:
@@ -40,15 +42,30 @@ def _flags(src: str) -> set:
         out.update(line[2:].split())
     return out
 
+def _no_eval(src: str) -> bool:
+    "True when the cell says `#| eval: false`: nbdev never runs it, and neither does the site build."
+    return any(re.match(r'#\|\s*eval:\s*false\b', l) for l in src.splitlines()[:5] if l.startswith('#|'))
+
+def _capture_shell(cwd):
+    "execnb's CaptureShell, keeping what a cell prints when the cell ends with `;`."
+    from execnb.shell import CaptureShell
+    class Shell(CaptureShell):
+        def _run(self, raw_cell, *args, **kw):
+            # execnb drops the printed output of a cell ending with ';' (Jupyter hides only its value);
+            # a final `pass` hides the value the same way and keeps the output
+            if raw_cell.rstrip().endswith(';'): raw_cell = raw_cell.rstrip() + '\npass'
+            return super()._run(raw_cell, *args, **kw)
+    return Shell(path=cwd, mpl_format='retina')
+
+# %% ../nbs/41_site.ipynb #666277eb
 def execute_notebook(src,                  # notebook to run
                      dst,                  # where to save it with outputs
-                     skip_flags=('slow',), # cells flagged with any of these are not run
+                     skip_flags=(),        # cells flagged with any of these (e.g. 'slow') are not run
                      inject: str | None = None, # code that replaces the `parameters` cell
                      cwd=None,             # working directory of the code (default: the notebook's folder)
                     ) -> dict:
     "Run a notebook in this process and save it with outputs; returns timing and errors."
     from execnb.nbio import read_nb, write_nb
-    from execnb.shell import CaptureShell
     src, dst = Path(src).resolve(), Path(dst).resolve()
     nb = read_nb(src)
     if inject is not None:
@@ -59,10 +76,10 @@ def execute_notebook(src,                  # notebook to run
     cwd = Path(cwd or src.parent).resolve()
     old = os.getcwd(); os.chdir(cwd)
     try:
-        sh = CaptureShell(path=cwd, mpl_format='retina')
+        sh = _capture_shell(cwd)
         for i, cell in enumerate(nb.cells):
             if cell.cell_type != 'code': continue
-            if _flags(cell.source) & set(skip_flags): skipped += 1; continue
+            if _no_eval(cell.source) or _flags(cell.source) & set(skip_flags): skipped += 1; continue
             sh.cell(cell)
             if sh.exc:
                 errors.append(f"cell {i}: {type(sh.exc).__name__}: {str(sh.exc)[:200]}"); sh.exc = None
@@ -71,7 +88,8 @@ def execute_notebook(src,                  # notebook to run
     write_nb(nb, dst)
     return dict(notebook=str(src.name), seconds=round(time.time() - t0, 1), errors=errors, skipped=skipped)
 
-def execute_in_subprocess(src, dst, skip_flags=('slow',), inject=None, env=None, timeout: float = 900, cwd=None) -> dict:
+# %% ../nbs/41_site.ipynb #0fc04545
+def execute_in_subprocess(src, dst, skip_flags=(), inject=None, env=None, timeout: float = 1800, cwd=None) -> dict:
     "`execute_notebook` in a fresh Python process (isolated state; a crash or hang cannot stop the build)."
     args = json.dumps(dict(src=str(src), dst=str(dst), skip_flags=list(skip_flags), inject=inject, cwd=str(cwd) if cwd else None))
     env = dict(env if env is not None else os.environ)
@@ -90,23 +108,102 @@ def execute_in_subprocess(src, dst, skip_flags=('slow',), inject=None, env=None,
         return dict(notebook=Path(src).name, seconds=round(time.time() - t0, 1), errors=[f'process failed: {" | ".join(tail)}'], skipped=0)
     return json.loads(m.group(1))
 
+# %% ../nbs/41_site.ipynb #2ebd471d
+def _sha(*parts) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for p in parts: h.update(p if isinstance(p, bytes) else str(p).encode()); h.update(b'\0')
+    return h.hexdigest()[:20]
+
+def package_fingerprint() -> str:
+    "The package's version and a hash of its source files."
+    import contrastive_ablations
+    pkg = Path(contrastive_ablations.__file__).resolve().parent
+    files = sorted(pkg.rglob('*.py'))
+    return f"{contrastive_ablations.__version__}+{_sha(*[f.relative_to(pkg).as_posix().encode() + b':' + f.read_bytes() for f in files])[:12]}"
+
+def runs_fingerprint(runs_dir) -> str:
+    "A hash of the names, sizes and modification times of the files in a runs directory ('' if it is missing)."
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir(): return ''
+    rows = []
+    for d, _, files in os.walk(runs_dir, followlinks=True):   # runs shared by two studies are symlinks
+        for f in files:
+            if f.startswith('.'): continue   # locks and partial notebooks of runs in progress
+            st = os.stat(os.path.join(d, f))
+            rows.append(f"{os.path.relpath(os.path.join(d, f), runs_dir)}:{st.st_size}:{st.st_mtime_ns}")
+    return _sha(*sorted(rows))
+
+# %% ../nbs/41_site.ipynb #16c38309
+def _code_cells(nb: dict) -> list:
+    return [c for c in nb['cells'] if c['cell_type'] == 'code']
+
+def cached_execute(src, dst,           # notebook to run, where to save it with outputs
+                   cache_dir,          # cache folder (None: no cache)
+                   name: str,          # the notebook's name in the cache, e.g. 'results/index'
+                   key_extra: str = '',  # what else the outputs depend on (the package, the runs)
+                   **kw,               # passed to `execute_in_subprocess`
+                  ) -> dict:
+    "`execute_in_subprocess` through a cache keyed by the code cells, the injected code and `key_extra`."
+    src, dst = Path(src), Path(dst)
+    nb = json.loads(src.read_text(encoding='utf-8'))
+    key = _sha(json.dumps([''.join(c['source']) for c in _code_cells(nb)]), kw.get('inject'),
+               sorted(kw.get('skip_flags') or ()), key_extra)
+    stem = name.replace('/', '__')
+    hit = Path(cache_dir)/f'{stem}-{key}.ipynb' if cache_dir else None
+    if hit is not None and hit.is_file(): r = {**json.loads(hit.with_suffix('.json').read_text()), 'cached': True}
+    else:
+        r = {**execute_in_subprocess(src, dst, **kw), 'cached': False}
+        if hit is not None and not any(e.startswith(('timed out', 'process failed')) for e in r['errors']):
+            for old in Path(cache_dir).glob(f'{stem}-*.*'): old.unlink()   # one entry per notebook
+            hit.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(dst, hit); hit.with_suffix('.json').write_text(json.dumps(r))
+    # the current notebook (its prose may be newer) with the executed code cells: the same bytes at every hit
+    done = json.loads((hit if r['cached'] else dst).read_text(encoding='utf-8')) if (r['cached'] or dst.is_file()) else nb
+    for c, d in zip(_code_cells(nb), _code_cells(done)): c.update(source=d['source'], outputs=d.get('outputs', []), execution_count=d.get('execution_count'))
+    dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
+    return r
+
 # %% ../nbs/41_site.ipynb #f7aebf0b
-def convert_run_notebooks(runs_dir, # the sweep's runs directory
-                          dest,     # folder that receives <study>/<run-id>.html
+def convert_run_notebooks(runs_dir,        # the sweep's runs directory
+                          dest,            # folder that receives <study>/<run-id>.html
+                          cache_dir=None,  # folder of converted pages keyed by the notebook's content (None: no cache)
                          ) -> int:
     "Render every run.ipynb under `runs_dir` to HTML under `dest`; returns how many were written."
     import nbformat
     from nbconvert import HTMLExporter
     runs_dir, dest = Path(runs_dir), Path(dest)
-    exp, n = HTMLExporter(template_name='lab'), 0
+    exp, n, used = HTMLExporter(template_name='lab'), 0, set()
     for nbf in sorted(runs_dir.glob('*/*/run.ipynb')):
         out = dest/nbf.parent.parent.name/f'{nbf.parent.name}.html'
-        if out.exists() and out.stat().st_mtime >= nbf.stat().st_mtime: n += 1; continue
+        out.parent.mkdir(parents=True, exist_ok=True); n += 1
+        hit = Path(cache_dir)/f'{_sha(nbf.read_bytes())}.html' if cache_dir else None
+        if hit is not None: used.add(hit.name)
+        if hit is not None and hit.is_file(): shutil.copy2(hit, out); continue
         try: body, _ = exp.from_notebook_node(nbformat.read(nbf, as_version=4))
         except Exception as e:   # a half-written notebook of an interrupted run: say so instead of stopping the site
             body = f"<html><body><h1>{nbf.parent.name}</h1><p>This run's notebook could not be rendered: {type(e).__name__}: {e}</p></body></html>"
-        out.parent.mkdir(parents=True, exist_ok=True); out.write_text(body, encoding='utf-8'); n += 1
+            hit = None
+        out.write_text(body, encoding='utf-8')
+        if hit is not None: hit.parent.mkdir(parents=True, exist_ok=True); shutil.copy2(out, hit)
+    for old in Path(cache_dir).glob('*.html') if cache_dir else []:
+        if old.name not in used: old.unlink()   # pages of runs that are gone or were redone
     return n
+
+# %% ../nbs/41_site.ipynb #06fa3805
+def sweep_run(study: str,       # study name, e.g. 'ickd_balance'
+              runs_dir=None,    # default: `report.resolve_runs_dir()` ($CONTRASTIVE_ABLATIONS_RUNS in a site build)
+              **params,         # parameter values the run must have, e.g. lam=0.0
+             ) -> Path | None:
+    "The finished run of `study` that has these parameter values and the lowest seed; None when there is none."
+    from contrastive_ablations.core import read_json
+    from contrastive_ablations.report import resolve_runs_dir
+    found = []
+    for d in sorted((resolve_runs_dir(runs_dir)/study).glob('*/')):
+        if not ((d/'params.json').is_file() and (d/'metrics.json').is_file()): continue
+        p, m = read_json(d/'params.json'), read_json(d/'metrics.json')
+        if m.get('status') == 'ok' and all(p.get(k) == v for k, v in params.items()): found.append((p.get('seed', 0), str(d)))
+    return Path(min(found)[1]) if found else None
 
 # %% ../nbs/41_site.ipynb #6e23f378
 def proc_nbs_safely(path='nbs', # notebooks folder, relative to the cwd (which holds settings.ini)
@@ -164,6 +261,67 @@ def localize_doc_links(site,          # rendered site folder
         if t2 != t: f.write_text(t2, encoding='utf-8')
     return n
 
+# %% ../nbs/41_site.ipynb #75d86e2e
+KATEX_DIRS = ('/usr/share/javascript/katex',)   # Debian's libjs-katex
+KATEX_CDN = re.compile(r'(?:https?:)?//cdn\.jsdelivr\.net/npm/katex@[^/"\']+/dist/')
+_NBCONVERT_MATHJAX = re.compile(r'<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->', re.S)
+_EXTERNAL = re.compile(r'<(script|link|img|iframe|source|video|audio)\b[^>]*?\b(?:src|href)\s*=\s*["\']?(?:https?:)?//[^>]*>(?:\s*</script>)?', re.I)
+_CSS_IMPORT = re.compile(r'@import\s+url\(\s*["\']?(?:https?:)?//[^)]*\)\s*;?')
+
+def find_katex() -> Path | None:
+    "KaTeX's distribution folder: $CONTRASTIVE_ABLATIONS_KATEX, else Debian's libjs-katex; None if there is none."
+    for d in [os.environ.get('CONTRASTIVE_ABLATIONS_KATEX'), *KATEX_DIRS]:
+        if d and (Path(d)/'katex.min.js').is_file() and (Path(d)/'katex.min.css').is_file(): return Path(d)
+    return None
+
+def _install_katex(katex: Path, site: Path):
+    dst = site/'site_libs'/'katex'
+    (dst/'contrib').mkdir(parents=True, exist_ok=True)
+    for f in ('katex.min.js', 'katex.min.css'): shutil.copy(katex/f, dst/f)
+    ar = [p for p in (katex/'contrib'/'auto-render.min.js', katex/'contrib'/'auto-render.js') if p.is_file()]
+    if not ar: raise FileNotFoundError(f"{katex}: no contrib/auto-render.min.js or contrib/auto-render.js")
+    shutil.copy(ar[0], dst/'contrib'/'auto-render.min.js')
+    (dst/'fonts').mkdir(exist_ok=True)
+    for f in (katex/'fonts').glob('*.woff*'): shutil.copy(f, dst/'fonts'/f.name)   # browsers take woff2 first
+
+def _katex_for_notebook(up: str) -> str:
+    "KaTeX tags for an nbconvert page, with the delimiters of Jupyter markdown ($, $$, \\( and \\[)."
+    opts = ('{delimiters:[{left:"$$",right:"$$",display:true},{left:"\\\\[",right:"\\\\]",display:true},'
+            '{left:"$",right:"$",display:false},{left:"\\\\(",right:"\\\\)",display:false}],throwOnError:false}')
+    k = f'{up}site_libs/katex'
+    return (f'<link rel="stylesheet" href="{k}/katex.min.css">\n<script defer src="{k}/katex.min.js"></script>\n'
+            f'<script defer src="{k}/contrib/auto-render.min.js" onload="renderMathInElement(document.body,{opts})"></script>')
+
+# %% ../nbs/41_site.ipynb #14a9f537
+def make_offline(site,          # rendered site folder
+                 katex=None,    # KaTeX distribution folder (default: `find_katex()`; False: none)
+                ) -> dict:
+    "Serve math from the site's own KaTeX and drop loads from other hosts; returns what it did."
+    site = Path(site)
+    katex = find_katex() if katex is None else (Path(katex) if katex else None)
+    if katex: _install_katex(katex, site)
+    out = dict(katex=str(katex) if katex else '', pages_with_math=0, removed=[])
+    for css in (site/'site_libs').rglob('*.css') if (site/'site_libs').is_dir() else []:
+        t = css.read_text(encoding='utf-8', errors='replace'); t2 = _CSS_IMPORT.sub('', t)
+        if t2 != t: css.write_text(t2, encoding='utf-8'); out['removed'].append(f'{css.relative_to(site)}: @import of a web font')
+    for f in site.rglob('*.html'):
+        up = '../' * (len(f.relative_to(site).parts) - 1)
+        t = t0 = f.read_text(encoding='utf-8')
+        if katex:
+            t = KATEX_CDN.sub(f'{up}site_libs/katex/', t)
+            t = _NBCONVERT_MATHJAX.sub(lambda m: _katex_for_notebook(up), t)
+        else: t = _NBCONVERT_MATHJAX.sub('', t)
+        def drop(m):
+            out['removed'].append(f"{f.relative_to(site)}: {m.group(0)[:120]}"); return ''
+        t = _EXTERNAL.sub(drop, t)
+        out['pages_with_math'] += 'site_libs/katex/' in t
+        if t != t0: f.write_text(t, encoding='utf-8')
+    return out
+
+def external_loads(html: str) -> list[str]:
+    "Tags of a page that would load something from another host (script, link, img, ...)."
+    return [m.group(0) for m in _EXTERNAL.finditer(html)]
+
 # %% ../nbs/41_site.ipynb #141113e1
 MARKER = '.contrastive_ablations_site'
 
@@ -195,18 +353,104 @@ def _clear_out(out: Path):
                                   "remove it or choose another folder")
         shutil.rmtree(out)
 
+# %% ../nbs/41_site.ipynb #e6fdae39
+def _reads_runs(nb_path: Path) -> bool:
+    "Whether a lesson reads the sweep's runs (`sweep_run`, `resolve_runs_dir`: through $CONTRASTIVE_ABLATIONS_RUNS)."
+    t = nb_path.read_text(encoding='utf-8'); return 'resolve_runs_dir(' in t or 'sweep_run(' in t
+
+def _process(build: Path, env: dict, cache_dir, pkg: str) -> list[str]:
+    "nbdev processing of build/nbs into build/_proc, from the cache when no input changed; returns its warnings."
+    files = sorted(p for p in (build/'nbs').rglob('*') if p.is_file())
+    key = _sha(pkg, (build/'settings.ini').read_bytes(), *[p.relative_to(build).as_posix().encode() + b'\0' + p.read_bytes() for p in files])
+    hit = Path(cache_dir)/'proc'/key if cache_dir else None
+    if hit is not None and (hit/'_proc').is_dir():
+        shutil.copytree(hit/'_proc', build/'_proc'); return json.loads((hit/'warnings.json').read_text())
+    p = subprocess.run([sys.executable, '-c', 'from contrastive_ablations.site import proc_nbs_safely; proc_nbs_safely("nbs")'],
+                       cwd=build, env=env, capture_output=True, text=True)
+    if p.returncode: raise RuntimeError(f"nbdev processing failed:\n{p.stderr[-3000:]}")
+    warns = [l for l in p.stdout.splitlines() if l.startswith('WARNING')]
+    if hit is not None:
+        shutil.rmtree(hit.parent, ignore_errors=True); hit.mkdir(parents=True)   # keep the latest only
+        shutil.copytree(build/'_proc', hit/'_proc'); (hit/'warnings.json').write_text(json.dumps(warns))
+    return warns
+
+# %% ../nbs/41_site.ipynb #3a25f074
+def _copy_sources(root: Path, build: Path, runs_dir: Path, fresh: bool) -> Path:
+    "Copy settings.ini and nbs/ into the build folder, adding pages that are missing; returns the nbs copy."
+    import nbformat
+    if build.exists() and not fresh: shutil.rmtree(build)
+    build.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(root/'settings.ini', build/'settings.ini')
+    shutil.copytree(root/'nbs', build/'nbs', ignore=shutil.ignore_patterns('_proc', '_docs', '_site', '.ipynb_checkpoints', '__pycache__', '.quarto'))
+    nbs = build/'nbs'
+    if not (nbs/'index.ipynb').exists():   # a site needs a home page
+        nb = nbformat.v4.new_notebook(); nb.cells = [nbformat.v4.new_markdown_cell("# contrastive-ablations\n> Lessons and ablation results.")]
+        nbformat.write(nb, nbs/'index.ipynb')
+    (nbs/'results').mkdir(exist_ok=True)
+    for name in _study_names(root, runs_dir):
+        if not (nbs/'results'/f'{name}.ipynb').exists(): nbformat.write(_page_for_new_study(name), nbs/'results'/f'{name}.ipynb')
+    return nbs
+
+# %% ../nbs/41_site.ipynb #73f29f1f
+def _execute_all(root, nbs, runs_dir, cache, report, say, execute_lessons, lessons, workers, skip_slow, timeout):
+    "Execute the chosen lessons and every results page (runs directory injected), through the cache."
+    from concurrent.futures import ThreadPoolExecutor
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep),
+               CONTRASTIVE_ABLATIONS_RUNS=str(runs_dir))
+    if workers > 1: env.setdefault('OMP_NUM_THREADS', '1')   # one torch thread per notebook, or they oversubscribe the cores
+    pats = [lessons] if isinstance(lessons, str) else list(lessons or ['*.ipynb'])
+    chosen = sorted({p for pat in pats for p in nbs.glob(pat) if p.parent == nbs and p.suffix == '.ipynb'})
+    if lessons and not chosen: raise ValueError(f"parameter 'lessons' = {lessons!r} matches no notebook in nbs/")
+    jobs = [(p, None) for p in chosen if execute_lessons] + [(p, _results_inject(runs_dir)) for p in sorted((nbs/'results').glob('*.ipynb'))]
+    pkg, runs_fp = package_fingerprint(), runs_fingerprint(runs_dir)
+    report.update(env=env, package=pkg)
+    def run(job):
+        p, inj = job
+        name = p.relative_to(nbs).with_suffix('').as_posix()
+        # run the code where the notebook lives in the repository, as nbdev_test does, so that relative
+        # paths (../plans, ../tests/assets, ...) resolve; only the executed copy is written, to the build
+        home = root/'nbs'/p.relative_to(nbs).parent
+        extra = pkg + (f' runs {runs_dir} {runs_fp}' if inj is not None or _reads_runs(p) else '')
+        r = cached_execute(p, p, cache, name, key_extra=extra, inject=inj, env=env, timeout=timeout,
+                           skip_flags=('slow',) if skip_slow else (), cwd=home if home.is_dir() else p.parent)
+        say(f"  {'cached  ' if r['cached'] else 'executed'} {name} in {r['seconds']:.1f} s" + (f" ({r['skipped']} cells skipped)" if r['skipped'] else '')
+            + (f"  ERRORS: {r['errors']}" if r['errors'] else ''))
+        return name, r
+    say(f"Executing {len(jobs)} notebooks with {workers} workers (runs: {runs_dir}{'' if runs_dir.is_dir() else ', missing'}; cache: {cache or 'none'}) ...")
+    with ThreadPoolExecutor(max(1, workers)) as ex:
+        for name, r in ex.map(run, jobs):
+            report['cached' if r['cached'] else 'executed'].append(name)
+            report['errors'] += [f"{name}: {e}" for e in r['errors']]
+
+# %% ../nbs/41_site.ipynb #72b4d683
+def _render(use: str, proc: Path, build: Path, say):
+    "Render _proc into _proc/_site with quarto or smalldocs."
+    if use == 'quarto': cmd = ['quarto', 'render', str(proc)]
+    else:
+        exe = Path(sys.executable).parent/'smalldocs'
+        cmd = [str(exe) if exe.exists() else (shutil.which('smalldocs') or 'smalldocs'), 'render', '--quiet', str(proc)]
+    p = subprocess.run(cmd, cwd=build, capture_output=True, text=True)
+    if p.returncode: raise RuntimeError(f"{use} render failed:\n{(p.stderr or p.stdout)[-3000:]}")
+    msgs = [l for l in (p.stderr + p.stdout).splitlines() if l.strip()]
+    # expected: smalldocs names pages after the notebooks, and renders math with KaTeX whatever Quarto is told
+    known = [l for l in msgs if 'output-file is not read' in l or 'html-math-method is ignored' in l]
+    for l in [l for l in msgs if l not in known][:15]: say(f"  {use}: {l[:200]}")
+
+# %% ../nbs/41_site.ipynb #c176ce3b
 def build_site(runs_dir='runs',       # the sweep's runs directory (may be missing: pages then say how to make it)
                out_dir='_site',       # where the website goes (replaced if it was built before)
                build_dir=None,        # working copy (default: a temporary folder, removed afterwards)
-               execute_lessons: bool = True, # run the lessons' fast cells so the site shows their figures
+               execute_lessons: bool = True, # run the lessons so the site shows their outputs and figures
                lessons=None,          # file names or globs of the lessons to execute (default: all of nbs/*.ipynb)
                renderer: str = 'auto',  # 'auto' (quarto if on PATH, else smalldocs), 'quarto' or 'smalldocs'
                root=None,             # repository root (default: found from cwd)
                workers: int = 2,      # notebooks executed at the same time
                quiet: bool = False,   # print nothing but errors
+               skip_slow: bool = False, # leave cells marked `#| slow` unexecuted (faster, fewer figures)
+               cache_dir=None,        # execution cache (default: <root>/.site_cache; False: none)
+               timeout: float = 1800, # seconds one notebook may take
               ) -> dict:
-    "Build the website: execute notebooks in a copy, process with nbdev, render, add run notebooks as HTML."
-    from concurrent.futures import ThreadPoolExecutor
+    "Build the website: execute notebooks in a copy (cached), process with nbdev, render, add run notebooks, serve it offline."
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     if renderer not in ('auto', 'quarto', 'smalldocs'):
         raise ValueError(f"parameter 'renderer' = {renderer!r}; valid: 'auto', 'quarto', 'smalldocs'")
@@ -215,86 +459,42 @@ def build_site(runs_dir='runs',       # the sweep's runs directory (may be missi
     if not use: raise RuntimeError("no renderer: install Quarto (quarto.org) or `pip install smalldocs`")
     root = Path(root).resolve() if root else repo_root()
     runs_dir, out = Path(runs_dir).resolve(), Path(out_dir).resolve()
+    cache = None if cache_dir is False else Path(cache_dir or root/'.site_cache').resolve()
     _clear_out(out)
     tmp = build_dir is None
     build = Path(tempfile.mkdtemp(prefix='site_build_')) if tmp else Path(build_dir).resolve()
-    times, t_all, report = {}, time.time(), dict(renderer=use, errors=[])
+    times, t_all, report = {}, time.time(), dict(renderer=use, errors=[], executed=[], cached=[])
     try:
-        # 1. copy
         t = time.time()
-        if build.exists() and not tmp: shutil.rmtree(build)
-        build.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root/'settings.ini', build/'settings.ini')
-        shutil.copytree(root/'nbs', build/'nbs', ignore=shutil.ignore_patterns('_proc', '_docs', '_site', '.ipynb_checkpoints', '__pycache__', '.quarto'))
-        nbs = build/'nbs'
-        if not (nbs/'index.ipynb').exists():   # the home page is the lead's; until it exists, say what the site is
-            import nbformat
-            nb = nbformat.v4.new_notebook(); nb.cells = [nbformat.v4.new_markdown_cell("# contrastive-ablations\n> Lessons and ablation results.")]
-            nbformat.write(nb, nbs/'index.ipynb')
-        (nbs/'results').mkdir(exist_ok=True)
-        for name in _study_names(root, runs_dir):
-            if not (nbs/'results'/f'{name}.ipynb').exists():
-                import nbformat; nbformat.write(_page_for_new_study(name), nbs/'results'/f'{name}.ipynb')
+        nbs = _copy_sources(root, build, runs_dir, tmp)
         times['copy'] = time.time() - t
-        # 2. execute: lessons (fast cells) and results pages (runs directory injected)
         t = time.time()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep),
-                   CONTRASTIVE_ABLATIONS_RUNS=str(runs_dir))
-        pats = [lessons] if isinstance(lessons, str) else list(lessons or ['*.ipynb'])
-        chosen = sorted({p for pat in pats for p in nbs.glob(pat) if p.parent == nbs and p.suffix == '.ipynb'})
-        if lessons and not chosen: raise ValueError(f"parameter 'lessons' = {lessons!r} matches no notebook in nbs/")
-        jobs = [(p, None) for p in chosen if execute_lessons]
-        jobs += [(p, _results_inject(runs_dir)) for p in sorted((nbs/'results').glob('*.ipynb'))]
-        def run(job):
-            p, inj = job
-            # run the code where the notebook lives in the repository, as nbdev_test does, so that relative
-            # paths (../plans, ../tests/assets, ...) resolve; only the executed copy is written to the build
-            home = root/'nbs'/p.relative_to(nbs).parent
-            r = execute_in_subprocess(p, p, inject=inj, env=env, cwd=home if home.is_dir() else p.parent)
-            say(f"  executed {p.relative_to(nbs)} in {r['seconds']:.1f} s" + (f" ({r['skipped']} slow cells skipped)" if r['skipped'] else '')
-                + (f"  ERRORS: {r['errors']}" if r['errors'] else ''))
-            return p, r
-        say(f"Executing {len(jobs)} notebooks with {workers} workers (runs: {runs_dir}{'' if runs_dir.is_dir() else ', missing'}) ...")
-        with ThreadPoolExecutor(max(1, workers)) as ex:
-            for p, r in ex.map(run, jobs):
-                report['errors'] += [f"{p.relative_to(nbs)}: {e}" for e in r['errors']]
+        _execute_all(root, nbs, runs_dir, cache, report, say, execute_lessons=execute_lessons, lessons=lessons,
+                     workers=workers, skip_slow=skip_slow, timeout=timeout)
         times['execute'] = time.time() - t
-        # 3. process with nbdev (show_doc, hide, ...) into _proc
         t = time.time()
-        p = subprocess.run([sys.executable, '-c', 'from contrastive_ablations.site import proc_nbs_safely; proc_nbs_safely("nbs")'],
-                           cwd=build, env=env, capture_output=True, text=True)
-        if p.returncode: raise RuntimeError(f"nbdev processing failed:\n{p.stderr[-3000:]}")
-        for l in p.stdout.splitlines():
-            if l.startswith('WARNING'): say('  ' + l); report['errors'].append(l)
+        for w in _process(build, report.pop('env'), cache, report['package']): say('  ' + w); report['errors'].append(w)
         proc = build/'_proc'
-        yml = (proc/'_quarto.yml').read_text()
-        (proc/'_quarto.yml').write_text(re.sub(r'(?m)^(\s*output-dir:).*$', r'\1 _site', yml))
+        (proc/'_quarto.yml').write_text(re.sub(r'(?m)^(\s*output-dir:).*$', r'\1 _site', (proc/'_quarto.yml').read_text()))
         times['nbdev processing'] = time.time() - t
-        # 4. render
         t = time.time()
-        if use == 'quarto': cmd = ['quarto', 'render', str(proc)]
-        else:
-            exe = Path(sys.executable).parent/'smalldocs'
-            cmd = [str(exe) if exe.exists() else (shutil.which('smalldocs') or 'smalldocs'), 'render', '--quiet', str(proc)]
-        p = subprocess.run(cmd, cwd=build, env=env, capture_output=True, text=True)
-        if p.returncode: raise RuntimeError(f"{use} render failed:\n{(p.stderr or p.stdout)[-3000:]}")
-        msgs = [l for l in (p.stderr + p.stdout).splitlines() if l.strip()]
-        known = [l for l in msgs if 'output-file is not read' in l]   # expected: smalldocs names pages after the notebooks
-        for l in [l for l in msgs if l not in known][:15]: say(f"  {use}: {l[:200]}")
+        _render(use, proc, build, say)
         shutil.copytree(proc/'_site', out)
         if use == 'smalldocs': report['localized_links'] = localize_doc_links(out, doc_base_url(root))
         times['render'] = time.time() - t
-        # 5. the run notebooks as HTML
         t = time.time()
-        report['run_pages'] = convert_run_notebooks(runs_dir, out/'runs') if runs_dir.is_dir() else 0
+        report['run_pages'] = convert_run_notebooks(runs_dir, out/'runs', cache/'run_pages' if cache else None) if runs_dir.is_dir() else 0
         times['run notebooks'] = time.time() - t
+        report['offline'] = off = make_offline(out)
+        if not off['katex']: say("WARNING: KaTeX not found, formulas show as TeX: install Debian's libjs-katex (`make katex`) or set $CONTRASTIVE_ABLATIONS_KATEX")
         (out/MARKER).write_text(json.dumps(dict(built=time.strftime('%Y-%m-%dT%H:%M:%S'), renderer=use, runs=str(runs_dir))))
     finally:
         if tmp: shutil.rmtree(build, ignore_errors=True)
     times['total'] = time.time() - t_all
     report.update(out=str(out), seconds={k: round(v, 1) for k, v in times.items()},
                   pages=sorted(str(p.relative_to(out)) for p in out.rglob('*.html') if not p.is_relative_to(out/'runs')))
-    say(f"Site rendered with {use} into {out}: {len(report['pages'])} pages, {report['run_pages']} run notebooks; "
+    say(f"Site rendered with {use} into {out}: {len(report['pages'])} pages, {report['run_pages']} run notebooks, "
+        f"{len(report['executed'])} notebooks executed, {len(report['cached'])} from the cache; "
         + ', '.join(f"{k} {v:.0f} s" for k, v in report['seconds'].items()))
     if report['errors']: say(f"{len(report['errors'])} notebook cell(s) failed during the build (their tracebacks are on the pages):\n  " + '\n  '.join(report['errors']))
     return report
@@ -309,11 +509,17 @@ def cli_site(argv=None) -> int:
     ap.add_argument('--renderer', default='auto', choices=('auto', 'quarto', 'smalldocs'), help='default: quarto if installed, else smalldocs')
     ap.add_argument('--no-execute-lessons', action='store_true', help='render the lessons without running them (faster, no figures)')
     ap.add_argument('--lessons', nargs='+', default=None, help='only execute these lessons (file names or globs in nbs/)')
+    ap.add_argument('--skip-slow', action='store_true', help='do not run cells marked #| slow (faster, fewer figures)')
+    ap.add_argument('--cache', default=None, help='execution cache folder (default: .site_cache in the repository)')
+    ap.add_argument('--no-cache', action='store_true', help='execute every notebook, even if its cached outputs are current')
+    ap.add_argument('--timeout', type=float, default=1800, help='seconds one notebook may take (default: 1800)')
     ap.add_argument('--workers', type=int, default=2, help='notebooks executed at the same time (default: 2)')
     a = ap.parse_args(argv)
     if a.workers < 1: ap.error(f"--workers = {a.workers}: must be >= 1")
+    if a.timeout <= 0: ap.error(f"--timeout = {a.timeout}: must be > 0")
     from contrastive_ablations.report import resolve_runs_dir
     r = build_site(resolve_runs_dir(a.runs), a.out, a.build_dir, execute_lessons=not a.no_execute_lessons, lessons=a.lessons,
-                   renderer=a.renderer, workers=a.workers)
+                   renderer=a.renderer, workers=a.workers, skip_slow=a.skip_slow, cache_dir=False if a.no_cache else a.cache,
+                   timeout=a.timeout)
     print(f"Open {Path(r['out'])/'index.html'} in a browser.")
     return 0

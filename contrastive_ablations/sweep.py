@@ -147,7 +147,7 @@ PARTIAL = '.run.partial.ipynb'
 
 def kernel_env(threads:int=None, gpu:str=None) -> dict:
     "Environment variables for a run's kernel: thread counts, GPU, plain progress output, import path."
-    env = {'MPLBACKEND': 'Agg', 'CONTRASTIVE_ABLATIONS_PROGRESS': 'plain', 'TQDM_MININTERVAL': '10',
+    env = {'MPLBACKEND': 'module://matplotlib_inline.backend_inline', 'CONTRASTIVE_ABLATIONS_PROGRESS': 'plain', 'TQDM_MININTERVAL': '10',
            'PYTHONUNBUFFERED': '1'}
     if threads:
         for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'): env[k] = str(threads)
