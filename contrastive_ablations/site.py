@@ -484,6 +484,9 @@ def build_site(runs_dir='runs',       # the sweep's runs directory (may be missi
         times['render'] = time.time() - t
         t = time.time()
         report['run_pages'] = convert_run_notebooks(runs_dir, out/'runs', cache/'run_pages' if cache else None) if runs_dir.is_dir() else 0
+        if runs_dir.is_dir():   # each results page's summary as a CSV beside it: results/<study>.csv
+            from contrastive_ablations.report import write_summary_csvs
+            report['csv'] = [str(p.relative_to(out)) for p in write_summary_csvs(runs_dir, out/'results')]
         times['run notebooks'] = time.time() - t
         report['offline'] = off = make_offline(out)
         if not off['katex']: say("WARNING: KaTeX not found, formulas show as TeX: install Debian's libjs-katex (`make katex`) or set $CONTRASTIVE_ABLATIONS_KATEX")
