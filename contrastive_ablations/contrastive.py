@@ -210,12 +210,12 @@ def mae_loss(pred: torch.Tensor,    # [B,N,P] reconstructed patches
     return (per_patch * m).sum() / m.sum().clamp_min(1)
 
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
-    "Fixed 2-D sine-cosine position embedding: [grid*grid, dim] (dim divisible by 4)."
+    "Fixed 2-D sine-cosine position embedding in the MAE layout: [grid*grid, dim], first half column, second half row."
     if dim % 4: raise ValueError(f'dim={dim} must be divisible by 4 for the 2-D sine-cosine embedding')
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
     ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing='ij')
     def enc(pos): a = pos.reshape(-1, 1) * omega; return torch.cat([a.sin(), a.cos()], 1)
-    return torch.cat([enc(ys), enc(xs)], 1).float()
+    return torch.cat([enc(xs), enc(ys)], 1).float()   # MAE order: column (x) half first, then row (y) half
 
 # %% ../nbs/22_contrastive.ipynb #c8b65cc6
 MAE_SIZES = {  # tiny ViT sizes per scale
