@@ -56,7 +56,7 @@ class _BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 class ResNet18Cifar(nn.Module):
-    "CIFAR ResNet-18 (3x3 stem, stride 1, no max-pool), global average pool: [B,C,H,W] -> [B, 512]."
+    "CIFAR ResNet-18 (3x3 stem, stride 1, no max-pool), global average pool, official CLEL init: [B,C,H,W] -> [B, 512]."
     def __init__(self, in_channels: int = 3, # image channels
                 ):
         super().__init__()
@@ -66,6 +66,11 @@ class ResNet18Cifar(nn.Module):
             blocks += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]; cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.feature_dim = 512
+        # the official CLEL encoder's init (torchvision, zero_init_residual=True): Kaiming-normal fan-out convs, and the
+        # last BatchNorm of each residual block starts at 0, so every block starts as its shortcut
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        for b in blocks: nn.init.zeros_(b.bn2.weight)
 
     def forward(self, x):
         return self.blocks(self.stem(_standardise(x))).mean(dim=(2, 3))
