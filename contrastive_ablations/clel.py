@@ -326,8 +326,8 @@ def _fresh_samples(model: CLELModel, sampler: SGLDSampler, n: int, rounds: int, 
     "n samples of fresh chains of the EMA EBM: [n,C,H,W] on the CPU."
     return sampler.fresh(model.ema_ebm, n, rounds=rounds, reaugment=reaugment)
 
-def evaluate(model: CLELModel, sampler: SGLDSampler, cfg: CLELConfig, test_x: torch.Tensor, seed: int, device) -> tuple[dict, dict, torch.Tensor]:
-    "FID and OOD AUROCs of the EMA model: (metrics, info strings, the generated samples)."
+def evaluate(model: CLELModel, sampler: SGLDSampler, cfg: CLELConfig, test_x: torch.Tensor, seed: int, device) -> tuple[dict, dict, dict]:
+    "FID (fresh and buffer chains) and OOD AUROCs of the EMA model: (metrics, info strings, {'fresh', 'buffer'}: samples)."
     from contrastive_ablations.clel_metrics import fid_score, build_ood_sets, ood_aurocs
     metrics, info = {}, {}
     g = torch.Generator().manual_seed(seed + 1)
@@ -335,22 +335,24 @@ def evaluate(model: CLELModel, sampler: SGLDSampler, cfg: CLELConfig, test_x: to
     refresh_spectral_norm_(model.ema_ebm, test_x[:64].to(device))
     model.ema_ebm.eval()
     if model.ema_encoder is not None: model.ema_encoder.eval()
-    # samples: fresh chains of the EMA EBM, or the (online-model) buffer
+    # FID of both sources, fresh chains of the EMA EBM and the buffer chains; `fid` is the one cfg.fid_source names
     n = cfg.fid_n_samples
-    if cfg.fid_source == 'fresh':
-        samples = _fresh_samples(model, sampler, n, cfg.fresh_rounds, cfg.fresh_reaugment)
-        info['fid_source'] = (f'fresh chains of the EMA EBM: uniform noise + {cfg.fresh_rounds}x{sampler.n_steps} SGLD steps'
-                              + (' (each round re-initialised and re-augmented first)' if cfg.fresh_reaugment else ''))
-    else:
-        idx = torch.randperm(len(sampler.buffer), generator=g)[:n]
-        start = sampler.buffer.images[idx.to(sampler.buffer.device)]
-        samples = torch.cat([sampler.run(model.ema_ebm, start[i:i + 256]).cpu() for i in range(0, len(start), 256)])
-        info['fid_source'] = (f'replay buffer ({len(sampler.buffer)} persistent chains, {len(samples)} drawn) continued '
-                              f'for {sampler.n_steps} SGLD steps under the EMA EBM')
     ref = test_x[torch.randperm(len(test_x), generator=g)[:cfg.fid_n_reference]]
-    fid = fid_score(samples, ref, cfg.dataset, extractor=cfg.fid_extractor, device=str(device), quantize=cfg.fid_quantize)
-    metrics.update(fid=fid['fid'], fid_n_samples=fid['n_generated'])
-    info.update(fid_extractor=fid['extractor'], fid_n_reference=str(fid['n_reference']), fid_reference='test split')
+    samples = {}
+    samples['fresh'] = _fresh_samples(model, sampler, n, cfg.fresh_rounds, cfg.fresh_reaugment)
+    info['fid_fresh_source'] = (f'fresh chains of the EMA EBM: uniform noise + {cfg.fresh_rounds}x{sampler.n_steps} SGLD '
+                                'steps' + (' (each round re-initialised and re-augmented first)' if cfg.fresh_reaugment else ''))
+    idx = torch.randperm(len(sampler.buffer), generator=g)[:n]
+    start = sampler.buffer.images[idx.to(sampler.buffer.device)]
+    samples['buffer'] = torch.cat([sampler.run(model.ema_ebm, start[i:i + 256]).cpu() for i in range(0, len(start), 256)])
+    info['fid_buffer_source'] = (f'replay buffer ({len(sampler.buffer)} persistent chains, {len(samples["buffer"])} drawn) '
+                                 f'continued for {sampler.n_steps} SGLD steps under the EMA EBM')
+    for src in ('fresh', 'buffer'):
+        fid = fid_score(samples[src], ref, cfg.dataset, extractor=cfg.fid_extractor, device=str(device), quantize=cfg.fid_quantize)
+        metrics[f'fid_{src}'] = fid['fid']
+        if src == cfg.fid_source: metrics.update(fid=fid['fid'], fid_n_samples=fid['n_generated'])
+    info.update(fid_source=info[f'fid_{cfg.fid_source}_source'], fid_extractor=fid['extractor'],
+                fid_n_reference=str(fid['n_reference']), fid_reference='test split')
     # OOD
     x_in = test_x[torch.randperm(len(test_x), generator=g)[:cfg.ood_n]]
     sets, skipped = build_ood_sets(cfg.dataset, x_in, cfg.ood_n, seed, download=cfg.download)
@@ -491,10 +493,13 @@ def run_experiment(**params) -> tuple[dict, pd.DataFrame, dict]:
                 iterations=str(cfg.iterations), e_final='mean over the last 10% of logged steps (at most 20)')
     samples = None
     if res.status == 'ok':
-        m, i, samples = evaluate(model, sampler, cfg, test.x, p['seed'], device)
+        m, i, by_source = evaluate(model, sampler, cfg, test.x, p['seed'], device)
         metrics.update(m); info.update(i)
+        samples = by_source[cfg.fid_source]
+        save_sample_grid(by_source['fresh'], Path(p['out_dir']) / 'samples_fresh.png',
+                         title=f"{p['framework']}, norm_direction={p['norm_direction']}: EMA EBM fresh chains from noise")
     else:
-        metrics.update(fid=float('nan'), fid_n_samples=0, auroc_mean=float('nan'))
+        metrics.update(fid=float('nan'), fid_fresh=float('nan'), fid_buffer=float('nan'), fid_n_samples=0, auroc_mean=float('nan'))
         info.update(fid_source='not evaluated (diverged)', fid_extractor='')
     out_dir = Path(p['out_dir'])
     grid = samples if samples is not None else buffer.images[:64].cpu()

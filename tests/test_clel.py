@@ -22,7 +22,7 @@ from contrastive_ablations.training import fit
 from dataclasses import replace
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXED_KEYS = {'fid', 'fid_n_samples', 'auroc_mean', 'e_pos_final', 'e_neg_final', 'wall_time_s', 'status'}
+FIXED_KEYS = {'fid', 'fid_fresh', 'fid_buffer', 'fid_n_samples', 'auroc_mean', 'e_pos_final', 'e_neg_final', 'wall_time_s', 'status'}
 
 
 def test_paper_profile_networks():
@@ -249,3 +249,20 @@ def test_deviations_table_covers_every_departure(monkeypatch):
     assert set(dev[dev.profile == 'paper'].field) == {'fid_n_reference'}
     monkeypatch.setitem(_PROFILE_OVERRIDES, 'quick', dict(_PROFILE_OVERRIDES['quick'], reinit_prob=0.05))
     assert '(no entry for this value)' in set(deviations_table(('quick',)).why)
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_path(tmp_path):
+    "benchmarks/gpu_check.py on the CPU at toy sizes: every number is reported and both losses agree across precisions."
+    out = tmp_path / 'gpu_check.json'
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'gpu_check.py'), '--device', 'cpu', '--iters', '1',
+                        '--warmup', '0', '--batch', '4', '--sgld-steps', '2', '--out', str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    for name, roles in (('ickd', ('teacher', 'student')), ('clel', (None,))):
+        assert rep[name]['loss_agrees'], rep[name]
+        for prec in ('fp32', 'bf16'):
+            for role in roles:
+                v = rep[name][prec][role] if role else rep[name][prec]
+                assert v['it_per_s'] > 0 and v['full_run_h'] > 0 and v['last_loss_finite'], (name, prec, v)
