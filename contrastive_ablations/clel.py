@@ -13,18 +13,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import get_device, seed_everything
-from .experiments import CLEL, DATASETS
-from .data import load_dataset, BatchLoader, simclr_augment, random_hflip, random_crop, image_grid
+from .core import ParameterError, get_device, seed_everything
+from .experiments import (CLEL, DATASETS, ENCODER_AUGMENTS, EMA_MODES, BETA_VIEWS, CIFAR10_MEAN,
+                                              CIFAR10_STD)
+from .data import (load_dataset, BatchLoader, simclr_augment, clel_augment, random_hflip, random_crop,
+                                        image_grid)
 from .ebm import create_ebm, SphericalEBM
 from .sampler import ReplayBuffer, SGLDSampler, dequantize
 from .contrastive import create_framework, ema_update_  # EMA of parameters, buffers copied
 from .training import fit, DivergedError, TrainResult
 
 # %% auto #0
-__all__ = ['CURVE_COLUMNS', 'CLELConfig', 'profile_config', 'make_buffer_augment', 'refresh_spectral_norm_', 'CLELModel',
-           'build_clel', 'evaluate', 'CLELTrainer', 'build_trainer', 'sample_grid_png', 'plot_curves', 'run_experiment',
-           'run']
+__all__ = ['OFFICIAL_RECIPE', 'SUITE_ONLY', 'DEVIATIONS', 'CURVE_COLUMNS', 'CLELConfig', 'profile_config', 'deviations_table',
+           'make_buffer_augment', 'make_view_augment', 'refresh_spectral_norm_', 'CLELModel', 'build_clel', 'evaluate',
+           'CLELTrainer', 'build_trainer', 'sample_grid_png', 'plot_curves', 'run_experiment', 'run']
 
 # %% ../nbs/23_clel.ipynb #4604e83d
 @dataclass
@@ -36,6 +38,9 @@ class CLELConfig:
     ebm_head_hidden: int = 128         # small EBM head hidden width (base: 2048)
     ebm_proj_hidden: int = 128         # small EBM g hidden width (base: 2048)
     ebm_init_std: float = 0.1          # N(0, std) init of the EBM's linear layers (official: 0.01; see the note above)
+    ebm_conv_init: str = 'torch'       # EBM convolutions: 'torch' default or 'kaiming' (official: fan-in normal, zero bias)
+    ebm_input_mean: tuple = (0.5,)     # the EBM standardises pixels, (x - mean)/std per channel; (0.5,), (0.5,) is 2x - 1
+    ebm_input_std: tuple = (0.5,)      # (official: the CIFAR-10 mean and std)
     latent_dim: int = 128              # d
     encoder_arch: str = 'small'        # contrastive backbone scale: 'small' or 'resnet18'
     batch_size: int = 64
@@ -48,17 +53,24 @@ class CLELConfig:
     sgld_grad_clip: float | None = None  # None: no clipping
     buffer_size: int = 1000
     reinit_prob: float = 0.02
-    buffer_augment: str = 'flip'       # augmentation of drawn buffer images: 'none', 'flip', 'crop_flip', 'simclr'
+    buffer_augment: str = 'flip'       # augmentation of drawn buffer images: 'none', 'flip', 'crop_flip', 'simclr', 'clel'
+    buffer_replace: bool = True        # buffer draws with replacement (official: False, distinct chains)
+    sgld_train_mode: bool = False      # sample with the EBM in train mode: a spectral-norm power iteration per forward (official)
+    encoder_augment: str = 'simclr'    # encoder views: 'simclr' (data.simclr_augment) or 'clel' (official, data.clel_augment)
+    beta_view: str = 'shared'          # z of the β term from the first encoder view ('shared') or its own view ('separate', official)
     alpha: float = 1.0                 # energy-magnitude regulariser
     ebm_lr: float = 2e-4
     ebm_warmup: int = 100              # linear warm-up iterations of the EBM's Adam
     encoder_lr: float | None = None    # None: the framework's recommended lr (SGD 0.03; MAE AdamW 1e-3)
     ema_halflife: float = 2000.0       # EMA half-life in images (official: 20 000 at 100k iterations)
+    ema_mode: str = 'decay'            # 'decay': from iteration 1, after the optimiser step; 'copy_warmup': official (see above)
     energy_limit: float = 1e4          # |mean energy| beyond this = diverged
     fid_n_samples: int = 1000          # generated images for FID
     fid_n_reference: int = 5000        # real test images for FID
     fid_source: str = 'buffer'         # 'fresh' chains of the EMA EBM or 'buffer' (chains continued by the EMA EBM)
     fresh_rounds: int = 3              # fresh chains run fresh_rounds * sgld_steps steps
+    fresh_reaugment: bool = False      # re-initialise (reinit_prob) and augment the chains before each round (official)
+    fid_quantize: str = 'round255'     # uint8 conversion for FID: 'round255' or 'floor256' (official)
     fid_extractor: str = 'auto'        # see clel_metrics.fid_score
     ood_n: int = 1000                  # images per OOD set and in-distribution test images
     test_beta: float = 0.1             # β of the joint OOD score
@@ -67,6 +79,7 @@ class CLELConfig:
     @property
     def iterations(self) -> int: return self.epochs * self.steps_per_epoch
 
+# %% ../nbs/23_clel.ipynb #e3b1c2d4
 def profile_config(profile: str = 'quick',          # 'smoke', 'quick' or 'paper'
                    dataset: str = 'fashion_mnist',  # a key of experiments.DATASETS
                   ) -> CLELConfig:
@@ -75,7 +88,87 @@ def profile_config(profile: str = 'quick',          # 'smoke', 'quick' or 'paper
     cfg = replace(CLELConfig(dataset=dataset), **CLEL.profiles[profile])
     if profile == 'smoke' and (DATASETS[dataset].channels, DATASETS[dataset].size) != (1, 28):
         cfg = replace(cfg, fid_extractor='auto')   # the tiny classifier extractor reads 1x28x28 only
+    if DATASETS[dataset].channels == 1 and len(cfg.ebm_input_mean) == 3:   # RGB statistics on gray images: their average
+        cfg = replace(cfg, ebm_input_mean=(sum(cfg.ebm_input_mean) / 3,), ebm_input_std=(sum(cfg.ebm_input_std) / 3,))
     return cfg
+
+# %% ../nbs/23_clel.ipynb #a4ede1de
+OFFICIAL_RECIPE = dict(  # the official CIFAR-10 recipe, per CLELConfig field
+    ebm_arch='base', ebm_head_hidden=2048, ebm_proj_hidden=2048, ebm_init_std=0.01, ebm_conv_init='kaiming',
+    ebm_input_mean=CIFAR10_MEAN, ebm_input_std=CIFAR10_STD, latent_dim=128, encoder_arch='resnet18', batch_size=64,
+    iterations=100_000, n_train=None, sgld_steps=60, sgld_step_size=100.0, sgld_noise=0.001, sgld_grad_clip=None,
+    buffer_size=10000, reinit_prob=0.001, buffer_augment='clel', buffer_replace=False, sgld_train_mode=True,
+    encoder_augment='clel', beta_view='separate', alpha=1.0, ebm_lr=1e-4, ebm_warmup=2000, encoder_lr=None,
+    ema_halflife=20000.0, ema_mode='copy_warmup', fid_n_samples=50000, fid_n_reference=50000, fid_source='fresh',
+    fresh_rounds=10, fresh_reaugment=True, fid_quantize='floor256', fid_extractor='inception', ood_n=10000, test_beta=0.1)
+SUITE_ONLY = ('dataset', 'ebm_widths', 'epochs', 'steps_per_epoch', 'energy_limit', 'download')  # no official value
+
+# %% ../nbs/23_clel.ipynb #b7d2e9f1
+_CPU = 'CPU budget: the quick profile trains in minutes on 2 CPU threads'
+_SMOKE = 'smoke profile: a plumbing test that runs in seconds'
+_KEPT = 'the quick-profile results were measured with it; switching needs re-running the sweeps'
+DEVIATIONS = {  # field: (why, {profile: its value})
+    'ebm_arch': (_CPU + '; the base EBM (≈7M parameters) needs a GPU', {'smoke': 'small', 'quick': 'small'}),
+    'ebm_head_hidden': ('the small EBM is narrower', {'smoke': 16, 'quick': 128}),
+    'ebm_proj_hidden': ('the small EBM is narrower', {'smoke': 16, 'quick': 128}),
+    'ebm_init_std': ('with N(0, 0.01) the small net starts with ‖g(f)‖ ≈ 1e-5 and the latent term swamps the energy '
+                     'terms (measured: buffer FID 944 vs 209); see the note above', {'smoke': 0.1, 'quick': 0.1}),
+    'ebm_conv_init': (_KEPT, {'smoke': 'torch', 'quick': 'torch'}),
+    'ebm_input_mean': ('the quick SGLD step (100) was tuned with the map 2x − 1 (gain 2); the CIFAR-10 statistics '
+                       '(gain ≈ 4) would change what that step does', {'smoke': (0.5,), 'quick': (0.5,)}),
+    'ebm_input_std': ('as ebm_input_mean', {'smoke': (0.5,), 'quick': (0.5,)}),
+    'latent_dim': (_SMOKE, {'smoke': 16}),
+    'encoder_arch': (_CPU, {'smoke': 'small', 'quick': 'small'}),
+    'batch_size': (_SMOKE, {'smoke': 16}),
+    'iterations': (_CPU, {'smoke': 3, 'quick': 300}),
+    'n_train': (_SMOKE, {'smoke': 512}),
+    'sgld_steps': (_CPU + '; SGLD dominates the cost of an iteration', {'smoke': 3, 'quick': 15}),
+    'buffer_size': ('quick, a short run: 300 iterations × 64 draws visit each of 1 000 chains ≈ 19 times (10 000 chains: ≈ 2)',
+                    {'smoke': 64, 'quick': 1000}),
+    'reinit_prob': ('short runs: restarts keep noise-to-data chains in the training signal', {'smoke': 0.02, 'quick': 0.02}),
+    'buffer_augment': (_KEPT, {'smoke': 'flip', 'quick': 'flip'}),
+    'buffer_replace': (_KEPT, {'smoke': True, 'quick': True}),
+    'sgld_train_mode': (_KEPT + '; eval mode keeps one fixed energy along each chain', {'smoke': False, 'quick': False}),
+    'encoder_augment': (_KEPT + '; at 28×28 a crop of 8 % of the area keeps only ≈ 8×8 pixels',
+                        {'smoke': 'simclr', 'quick': 'simclr'}),
+    'beta_view': (_KEPT + '; saves one augmentation and one encoder forward per iteration', {'smoke': 'shared', 'quick': 'shared'}),
+    'ebm_lr': ('short runs: twice the official rate', {'smoke': 2e-4, 'quick': 2e-4}),
+    'ebm_warmup': ('warm-up shortened with the run', {'smoke': 1, 'quick': 100}),
+    'ema_halflife': ('half-life shortened with the run', {'smoke': 32.0, 'quick': 2000.0}),
+    'ema_mode': ('quick: at a half-life of 31 iterations the initial weights keep a 0.13 % share after 300 iterations: the copy '
+                 'phase changes nothing measurable; ' + _KEPT, {'smoke': 'decay', 'quick': 'decay'}),
+    'fid_n_samples': (_CPU + '; FID is biased upward at small n: compare within a profile only', {'smoke': 100, 'quick': 1000}),
+    'fid_n_reference': ('the reference is the test split (the official final FID uses the 50 000 training images)',
+                        {'smoke': 100, 'quick': 5000, 'paper': 10000}),
+    'fid_source': ('fresh chains of the quick EBM stay noise-like (see the closing note); its studies compare buffer FIDs',
+                   {'quick': 'buffer'}),
+    'fresh_rounds': (_CPU, {'smoke': 1, 'quick': 3}),
+    'fresh_reaugment': (_KEPT, {'smoke': False, 'quick': False}),
+    'fid_quantize': ('round(255x) is what a saved PNG holds; it differs from floor(256x) by at most one level; ' + _KEPT,
+                     {'smoke': 'round255', 'quick': 'round255'}),
+    'fid_extractor': ('Inception-v3 weights may be missing offline: auto uses them when present, else the suite\'s '
+                      'Fashion-MNIST classifier features (metrics_info.json names the one used)',
+                      {'smoke': 'fmnist_cnn_tiny', 'quick': 'auto'}),
+    'ood_n': (_CPU, {'smoke': 64, 'quick': 1000}),
+}
+
+# %% ../nbs/23_clel.ipynb #c8e3fa02
+def _recipe_value(cfg: CLELConfig, field: str):
+    v = cfg.iterations if field == 'iterations' else getattr(cfg, field)
+    return tuple(v) if isinstance(v, list) else v
+
+def deviations_table(profiles=('smoke', 'quick', 'paper')) -> pd.DataFrame:
+    "Every place where a profile departs from OFFICIAL_RECIPE: profile, field, value, official value, why."
+    rows = []
+    for prof in profiles:
+        cfg = profile_config(prof, 'cifar10' if prof == 'paper' else 'fashion_mnist')
+        for f, off in OFFICIAL_RECIPE.items():
+            v = _recipe_value(cfg, f)
+            if v != off:
+                why, vals = DEVIATIONS.get(f, ('(no entry)', {}))
+                rows.append(dict(profile=prof, field=f, value=v, official=off,
+                                 why=why if vals.get(prof, object()) == v else '(no entry for this value)'))
+    return pd.DataFrame(rows, columns=['profile', 'field', 'value', 'official', 'why'])
 
 # %% ../nbs/23_clel.ipynb #0665c8ec
 def make_buffer_augment(name: str):
@@ -83,7 +176,14 @@ def make_buffer_augment(name: str):
     if CLEL.knobs['buffer_augment'].check('buffer_augment', name) in (None, 'none'): return None
     if name == 'flip': return lambda x, generator=None: random_hflip(x, generator=generator)
     if name == 'crop_flip': return lambda x, generator=None: random_hflip(random_crop(x, 2, generator=generator), generator=generator)
+    if name == 'clel': return lambda x, generator=None: clel_augment(x, generator)   # SGLD clamps after its first step
     return lambda x, generator=None: simclr_augment(x, generator=generator).clamp(0, 1)
+
+def make_view_augment(name: str):
+    "The augmentation of the encoder's views: callable (x, generator) -> x."
+    if name not in ENCODER_AUGMENTS: raise ParameterError(f"parameter 'encoder_augment' = {name!r}; valid: {', '.join(ENCODER_AUGMENTS)}")
+    if name == 'clel': return lambda x, generator=None: clel_augment(x, generator)
+    return lambda x, generator=None: simclr_augment(x, generator=generator)
 
 @torch.no_grad()
 def refresh_spectral_norm_(model: nn.Module, x: torch.Tensor, n: int = 5):
@@ -104,6 +204,7 @@ class CLELModel(nn.Module):
     def losses(self, x_pos: torch.Tensor,   # dequantised data [B,C,H,W]
                x_neg: torch.Tensor,          # SGLD samples [B,C,H,W] (detached)
                view1=None, view2=None,       # two strong augmentations of the data (encoder)
+               beta_view=None,               # the view whose latent the β term uses (None: view1)
               ) -> dict:
         "Scalar tensors: loss (EBM + encoder), ebm_loss, e_pos, e_neg, latent_loss (−alignment), encoder_loss."
         B = len(x_pos)
@@ -116,7 +217,7 @@ class CLELModel(nn.Module):
             out.update(latent_loss=zero, encoder_loss=zero, ebm_loss=ebm_loss, loss=ebm_loss)
             return out
         with torch.no_grad():
-            z = self.encoder.latent(view1)                                    # sg[h(t(x+))], unit vectors
+            z = self.encoder.latent(view1 if beta_view is None else beta_view)  # sg[h(t(x+))], unit vectors
             generated = F.normalize(self.ebm.direction(f[B:].detach()), dim=1)  # sg[ĝ(f(x−))]
         latent_loss = -self.ebm.latent_alignment(f[:B], z).mean()
         enc_loss, _ = self.encoder.loss(view1, view2, generated if self.encoder.uses_negatives else None)
@@ -149,7 +250,8 @@ def build_clel(framework: str, norm_direction: bool, beta: float, cfg: CLELConfi
     "The EBM (β = 0 without an encoder) and the encoder for a config."
     beta_eff = 0.0 if framework == 'none' else beta
     kw = dict(widths=tuple(cfg.ebm_widths), head_hidden=cfg.ebm_head_hidden, proj_hidden=cfg.ebm_proj_hidden) if cfg.ebm_arch == 'small' else {}
-    kw['init_std'] = cfg.ebm_init_std
+    kw.update(init_std=cfg.ebm_init_std, conv_init=cfg.ebm_conv_init, input_mean=tuple(cfg.ebm_input_mean),
+              input_std=tuple(cfg.ebm_input_std))
     ebm = create_ebm(cfg.ebm_arch, info.channels, cfg.latent_dim, norm_direction, beta_eff, **kw)
     enc = None
     if framework != 'none':
@@ -168,34 +270,44 @@ def _optimizers(model: CLELModel, cfg: CLELConfig):
         scheds.append(torch.optim.lr_scheduler.LambdaLR(eopt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, T) / T))))
     return opts, scheds
 
-# %% ../nbs/23_clel.ipynb #fdb775d1
-def _fresh_samples(model: CLELModel, sampler: SGLDSampler, n: int, rounds: int) -> torch.Tensor:
+# %% ../nbs/23_clel.ipynb #c1e1f0a5
+def _fresh_samples(model: CLELModel, sampler: SGLDSampler, n: int, rounds: int, reaugment: bool = False) -> torch.Tensor:
     "n samples of fresh chains of the EMA EBM: [n,C,H,W] on the CPU."
-    return sampler.fresh(model.ema_ebm, n, rounds=rounds)
+    return sampler.fresh(model.ema_ebm, n, rounds=rounds, reaugment=reaugment)
 
-def evaluate(model: CLELModel, sampler: SGLDSampler, cfg: CLELConfig, test_x: torch.Tensor, seed: int, device) -> tuple[dict, dict, torch.Tensor]:
-    "FID and OOD AUROCs of the EMA model: (metrics, info strings, the generated samples)."
+def _samples_by_source(model: CLELModel, sampler: SGLDSampler, cfg: CLELConfig, g: torch.Generator) -> tuple[dict, dict]:
+    "fid_n_samples images of each source, fresh chains and buffer chains of the EMA EBM: ({source: [n,C,H,W]}, info)."
+    n, samples, info = cfg.fid_n_samples, {}, {}
+    samples['fresh'] = _fresh_samples(model, sampler, n, cfg.fresh_rounds, cfg.fresh_reaugment)
+    info['fid_fresh_source'] = (f'fresh chains of the EMA EBM: uniform noise + {cfg.fresh_rounds}x{sampler.n_steps} SGLD '
+                                'steps' + (' (each round re-initialised and re-augmented first)' if cfg.fresh_reaugment else ''))
+    idx = torch.randperm(len(sampler.buffer), generator=g)[:n]
+    start = sampler.buffer.images[idx.to(sampler.buffer.device)]
+    samples['buffer'] = torch.cat([sampler.run(model.ema_ebm, start[i:i + 256]).cpu() for i in range(0, len(start), 256)])
+    info['fid_buffer_source'] = (f'replay buffer ({len(sampler.buffer)} persistent chains, {len(samples["buffer"])} drawn) '
+                                 f'continued for {sampler.n_steps} SGLD steps under the EMA EBM')
+    return samples, info
+
+# %% ../nbs/23_clel.ipynb #fdb775d1
+def evaluate(model: CLELModel, sampler: SGLDSampler, cfg: CLELConfig, test_x: torch.Tensor, seed: int, device) -> tuple[dict, dict, dict]:
+    "FID (fresh and buffer chains) and OOD AUROCs of the EMA model: (metrics, info strings, {'fresh', 'buffer'}: samples)."
     from contrastive_ablations.clel_metrics import fid_score, build_ood_sets, ood_aurocs
     metrics, info = {}, {}
     g = torch.Generator().manual_seed(seed + 1)
+    sampler = copy.copy(sampler); sampler.train_mode = False   # evaluation samples in eval mode, as the official code
     refresh_spectral_norm_(model.ema_ebm, test_x[:64].to(device))
     model.ema_ebm.eval()
     if model.ema_encoder is not None: model.ema_encoder.eval()
-    # samples: fresh chains of the EMA EBM, or the (online-model) buffer
-    n = cfg.fid_n_samples
-    if cfg.fid_source == 'fresh':
-        samples = _fresh_samples(model, sampler, n, cfg.fresh_rounds)
-        info['fid_source'] = f'fresh chains of the EMA EBM: uniform noise + {cfg.fresh_rounds}x{sampler.n_steps} SGLD steps'
-    else:
-        idx = torch.randperm(len(sampler.buffer), generator=g)[:n]
-        start = sampler.buffer.images[idx.to(sampler.buffer.device)]
-        samples = torch.cat([sampler.run(model.ema_ebm, start[i:i + 256]).cpu() for i in range(0, len(start), 256)])
-        info['fid_source'] = (f'replay buffer ({len(sampler.buffer)} persistent chains, {len(samples)} drawn) continued '
-                              f'for {sampler.n_steps} SGLD steps under the EMA EBM')
+    # FID of both sources; `fid` is the one cfg.fid_source names
     ref = test_x[torch.randperm(len(test_x), generator=g)[:cfg.fid_n_reference]]
-    fid = fid_score(samples, ref, cfg.dataset, extractor=cfg.fid_extractor, device=str(device))
-    metrics.update(fid=fid['fid'], fid_n_samples=fid['n_generated'])
-    info.update(fid_extractor=fid['extractor'], fid_n_reference=str(fid['n_reference']), fid_reference='test split')
+    samples, sinfo = _samples_by_source(model, sampler, cfg, g)
+    info.update(sinfo)
+    for src in ('fresh', 'buffer'):
+        fid = fid_score(samples[src], ref, cfg.dataset, extractor=cfg.fid_extractor, device=str(device), quantize=cfg.fid_quantize)
+        metrics[f'fid_{src}'] = fid['fid']
+        if src == cfg.fid_source: metrics.update(fid=fid['fid'], fid_n_samples=fid['n_generated'])
+    info.update(fid_source=info[f'fid_{cfg.fid_source}_source'], fid_extractor=fid['extractor'],
+                fid_n_reference=str(fid['n_reference']), fid_reference='test split')
     # OOD
     x_in = test_x[torch.randperm(len(test_x), generator=g)[:cfg.ood_n]]
     sets, skipped = build_ood_sets(cfg.dataset, x_in, cfg.ood_n, seed, download=cfg.download)
@@ -225,6 +337,7 @@ class CLELTrainer:
     after_step: object   # after_step(step): framework bookkeeping (EMA target, queue) and the EMA copies
     config: CLELConfig
 
+# %% ../nbs/23_clel.ipynb #d9f4ab13
 def build_trainer(p: dict,            # checked parameters (CLEL.validate)
                   cfg: CLELConfig,    # the resolved configuration
                   device,             # torch device
@@ -234,19 +347,27 @@ def build_trainer(p: dict,            # checked parameters (CLEL.validate)
     info_ds = DATASETS[p['dataset']]
     model = build_clel(p['framework'], p['norm_direction'], p['beta'], cfg, info_ds).to(device)
     buffer = ReplayBuffer(cfg.buffer_size, (info_ds.channels, info_ds.size, info_ds.size), cfg.reinit_prob,
-                          make_buffer_augment(cfg.buffer_augment), gen, device)
-    sampler = SGLDSampler(buffer, cfg.sgld_steps, cfg.sgld_step_size, cfg.sgld_noise, cfg.sgld_grad_clip)
+                          make_buffer_augment(cfg.buffer_augment), gen, device, replace=cfg.buffer_replace)
+    sampler = SGLDSampler(buffer, cfg.sgld_steps, cfg.sgld_step_size, cfg.sgld_noise, cfg.sgld_grad_clip,
+                          train_mode=cfg.sgld_train_mode)
     opts, scheds = _optimizers(model, cfg)
+    view_aug = make_view_augment(cfg.encoder_augment)
+    if cfg.ema_mode not in EMA_MODES: raise ParameterError(f"ema_mode = {cfg.ema_mode!r}; valid: {', '.join(EMA_MODES)}")
+    if cfg.beta_view not in BETA_VIEWS: raise ParameterError(f"beta_view = {cfg.beta_view!r}; valid: {', '.join(BETA_VIEWS)}")
     decay = 0.5 ** (cfg.batch_size / cfg.ema_halflife)
+    ema_copy_until = cfg.ema_halflife / cfg.batch_size   # 'copy_warmup': the EMA copies while iteration < this
     t0 = time.perf_counter()
 
     def step_fn(x, y, step):
+        if cfg.ema_mode == 'copy_warmup': model.update_ema(0.0 if step < ema_copy_until else decay)  # before the step
         x_pos = dequantize(x, gen)
         x_neg = sampler.sample(model.ebm, len(x))
-        v1 = v2 = None
+        v1 = v2 = vb = None
         if model.encoder is not None:
-            v1, v2 = simclr_augment(x, generator=gen), simclr_augment(x, generator=gen)
-        out = model.losses(x_pos, x_neg, v1, v2)
+            src = x_pos if cfg.encoder_augment == 'clel' else x   # the official views are of the dequantised data
+            v1, v2 = view_aug(src, generator=gen), view_aug(src, generator=gen)
+            if cfg.beta_view == 'separate': vb = view_aug(src, generator=gen)
+        out = model.losses(x_pos, x_neg, v1, v2, vb)
         for k in ('e_pos', 'e_neg'):
             v = float(out[k])
             if math.isfinite(v) and abs(v) > cfg.energy_limit:
@@ -257,7 +378,7 @@ def build_trainer(p: dict,            # checked parameters (CLEL.validate)
 
     def after_step(step):
         if model.encoder is not None: model.encoder.after_step()
-        model.update_ema(decay)
+        if cfg.ema_mode == 'decay': model.update_ema(decay)
 
     return CLELTrainer(model, sampler, opts, scheds, step_fn, after_step, cfg)
 
@@ -327,24 +448,31 @@ def run_experiment(**params) -> tuple[dict, pd.DataFrame, dict]:
     info = dict(framework=p['framework'], norm_direction=str(p['norm_direction']), profile=p['profile'],
                 dataset=p['dataset'], status_message=res.message, device=str(device),
                 iterations=str(cfg.iterations), e_final='mean over the last 10% of logged steps (at most 20)')
-    samples = None
+    samples, by_source = None, {}
     if res.status == 'ok':
-        m, i, samples = evaluate(model, sampler, cfg, test.x, p['seed'], device)
+        m, i, by_source = evaluate(model, sampler, cfg, test.x, p['seed'], device)
         metrics.update(m); info.update(i)
+        samples = by_source[cfg.fid_source]
     else:
-        metrics.update(fid=float('nan'), fid_n_samples=0, auroc_mean=float('nan'))
+        metrics.update(fid=float('nan'), fid_fresh=float('nan'), fid_buffer=float('nan'), fid_n_samples=0, auroc_mean=float('nan'))
         info.update(fid_source='not evaluated (diverged)', fid_extractor='')
     grid = samples if samples is not None else buffer.images[:64].cpu()
     info['samples_png'] = ('replay buffer (online EBM; run diverged)' if samples is None else
                            'EMA EBM fresh chains' if cfg.fid_source == 'fresh' else 'buffer chains continued by the EMA EBM')
     metrics['wall_time_s'] = time.perf_counter() - t_start
-    extras = dict(model=model, sampler=sampler, samples=grid, config=cfg, params=p, result=res, info=info)
+    extras = dict(model=model, sampler=sampler, samples=grid, samples_by_source=by_source, config=cfg, params=p, result=res,
+                  info=info)
     return metrics, curves, extras
 
+# %% ../nbs/23_clel.ipynb #eaf5bc24
 def run(params: dict,  # checked parameters (experiments.check_injected or CLEL.validate)
        ) -> tuple[dict, pd.DataFrame, dict]:
-    "The experiment protocol: (metrics, curves, artifacts); the artifacts are samples.png and metrics_info.json."
+    "The experiment protocol: (metrics, curves, artifacts): samples.png, samples_fresh.png (evaluated runs), metrics_info.json."
     metrics, curves, extras = run_experiment(**params)
     p, info = extras['params'], extras['info']
-    title = f"{p['framework']}, norm_direction={p['norm_direction']}: {info['samples_png']}"
-    return metrics, curves, {'samples.png': sample_grid_png(extras['samples'], title=title), 'metrics_info.json': info}
+    head = f"{p['framework']}, norm_direction={p['norm_direction']}"
+    artifacts = {'samples.png': sample_grid_png(extras['samples'], title=f"{head}: {info['samples_png']}")}
+    if 'fresh' in extras['samples_by_source']:
+        artifacts['samples_fresh.png'] = sample_grid_png(extras['samples_by_source']['fresh'],
+                                                         title=f'{head}: EMA EBM fresh chains from noise')
+    return metrics, curves, {**artifacts, 'metrics_info.json': info}

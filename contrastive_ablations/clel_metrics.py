@@ -25,13 +25,13 @@ from .experiments import DATASETS, OOD_PLANS
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'FMNIST_MEAN', 'FMNIST_STD', 'ARCH_VERSION', 'EXTRACTOR_PRESETS', 'CLASSIFIER_EXTRACTOR', 'INCEPTION_EXTRACTOR',
-           'INCEPTION_FILE', 'feature_statistics', 'frechet_distance', 'fid_from_features', 'check_images', 'to_uint8',
-           'UInt8Images', 'FIDFeatureCNN', 'train_feature_cnn', 'CorruptExtractorError', 'ClassifierExtractor',
-           'load_classifier_extractor', 'save_classifier_extractor', 'get_fmnist_extractor', 'TorchFidelityClassifier',
-           'register_classifier_extractor', 'extract_features', 'inception_candidates', 'find_inception_weights',
-           'inception_unavailable_reason', 'resolve_fid_extractor', 'fid_score', 'auroc', 'score_images', 'ood_aurocs',
-           'build_ood_sets', 'ood_sets']
+__all__ = ['log', 'QUANTIZE', 'FMNIST_MEAN', 'FMNIST_STD', 'ARCH_VERSION', 'EXTRACTOR_PRESETS', 'CLASSIFIER_EXTRACTOR',
+           'INCEPTION_EXTRACTOR', 'INCEPTION_FILE', 'feature_statistics', 'frechet_distance', 'fid_from_features',
+           'check_images', 'to_uint8', 'UInt8Images', 'FIDFeatureCNN', 'train_feature_cnn', 'CorruptExtractorError',
+           'ClassifierExtractor', 'load_classifier_extractor', 'save_classifier_extractor', 'get_fmnist_extractor',
+           'TorchFidelityClassifier', 'register_classifier_extractor', 'extract_features', 'inception_candidates',
+           'find_inception_weights', 'inception_unavailable_reason', 'resolve_fid_extractor', 'fid_score', 'auroc',
+           'score_images', 'ood_aurocs', 'build_ood_sets', 'ood_sets']
 
 # %% ../nbs/24_clel_metrics.ipynb #2a2d6b17
 def feature_statistics(feats, # features [N,D], N >= 2
@@ -92,10 +92,15 @@ def check_images(x,                 # the value to check
                              "(clamp generated samples before measuring them)")
     return x
 
-def to_uint8(x: torch.Tensor, # images [N,C,H,W] in [0,1]
+QUANTIZE = ('round255', 'floor256')  # [0,1] -> uint8: round(255x) (a saved PNG), or floor(256x) (the official CLEL code)
+
+def to_uint8(x: torch.Tensor,            # images [N,C,H,W] in [0,1]
+             quantize: str = 'round255', # one of QUANTIZE
             ) -> torch.Tensor:
-    "Quantise to uint8 [N,C,H,W] in [0,255] with rounding (what a saved PNG holds)."
-    return (x * 255).round_().clamp_(0, 255).to(torch.uint8)
+    "Quantise to uint8 [N,C,H,W] in [0,255]: round(255x), or floor(256x) which undoes x·255/256 + U(0, 1/256)."
+    if quantize not in QUANTIZE: raise ParameterError(f"parameter 'quantize' = {quantize!r}; valid: {', '.join(QUANTIZE)}")
+    y = (x * 255).round() if quantize == 'round255' else (x * 256).floor()
+    return y.clamp_(0, 255).to(torch.uint8)
 
 class UInt8Images(torch.utils.data.Dataset):
     "The dataset torch-fidelity reads: item i is a bare uint8 image [C,H,W] (no label)."
@@ -380,13 +385,14 @@ def fid_score(generated: torch.Tensor,   # generated images [N,C,H,W] in [0,1]
               device: str = 'auto',      # 'auto' (CUDA when available), 'cpu', 'cuda'
               download: bool = True,     # allow downloading the Inception weights
               verbose: bool = False,     # torch-fidelity's progress output
+              quantize: str = 'round255', # uint8 conversion of both image sets, see QUANTIZE
              ) -> dict:
     "FID through torch-fidelity: dict(fid, extractor, n_generated, n_reference)."
     info = _dataset_info(dataset)
     generated = check_images(generated, 'generated', info.channels, info.size, min_n=2)
     reference = check_images(reference, 'reference', info.channels, info.size, min_n=2)
     kind, obj, desc = resolve_fid_extractor(extractor, info.channels, info.size, download)
-    g, r = to_uint8(generated), to_uint8(reference)
+    g, r = to_uint8(generated, quantize), to_uint8(reference, quantize)
     if kind == 'inception':
         if g.shape[1] == 1: g, r = g.repeat(1, 3, 1, 1), r.repeat(1, 3, 1, 1)  # Inception wants RGB
         kw = dict(feature_extractor=INCEPTION_EXTRACTOR, feature_layer_fid='2048')

@@ -56,7 +56,7 @@ class _BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 class ResNet18Cifar(nn.Module):
-    "CIFAR ResNet-18 (3x3 stem, stride 1, no max-pool), global average pool: [B,C,H,W] -> [B, 512]."
+    "CIFAR ResNet-18 (3x3 stem, stride 1, no max-pool), global average pool, official CLEL init: [B,C,H,W] -> [B, 512]."
     def __init__(self, in_channels: int = 3, # image channels
                 ):
         super().__init__()
@@ -66,6 +66,11 @@ class ResNet18Cifar(nn.Module):
             blocks += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]; cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.feature_dim = 512
+        # the official CLEL encoder's init (torchvision, zero_init_residual=True): Kaiming-normal fan-out convs, and the
+        # last BatchNorm of each residual block starts at 0, so every block starts as its shortcut
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d): nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        for b in blocks: nn.init.zeros_(b.bn2.weight)
 
     def forward(self, x):
         return self.blocks(self.stem(_standardise(x))).mean(dim=(2, 3))
@@ -210,12 +215,12 @@ def mae_loss(pred: torch.Tensor,    # [B,N,P] reconstructed patches
     return (per_patch * m).sum() / m.sum().clamp_min(1)
 
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
-    "Fixed 2-D sine-cosine position embedding: [grid*grid, dim] (dim divisible by 4)."
+    "Fixed 2-D sine-cosine position embedding in the MAE layout: [grid*grid, dim], first half column, second half row."
     if dim % 4: raise ValueError(f'dim={dim} must be divisible by 4 for the 2-D sine-cosine embedding')
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
     ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing='ij')
     def enc(pos): a = pos.reshape(-1, 1) * omega; return torch.cat([a.sin(), a.cos()], 1)
-    return torch.cat([enc(ys), enc(xs)], 1).float()
+    return torch.cat([enc(xs), enc(ys)], 1).float()   # MAE order: column (x) half first, then row (y) half
 
 # %% ../nbs/22_contrastive.ipynb #c8b65cc6
 MAE_SIZES = {  # tiny ViT sizes per scale

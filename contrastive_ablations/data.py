@@ -18,7 +18,8 @@ from .core import ParameterError, data_dir, get_device
 # %% auto #0
 __all__ = ['SPLITS', 'FASHION_MNIST_SYSTEM_DIR', 'DatasetNotFoundError', 'ArrayDataset', 'stratified_indices', 'convert_images',
            'grayscale', 'load_dataset', 'BatchLoader', 'random_crop', 'random_hflip', 'standard_augment',
-           'color_jitter', 'random_resized_crop', 'random_grayscale', 'simclr_augment', 'image_grid', 'show_images']
+           'color_jitter', 'random_resized_crop', 'random_grayscale', 'simclr_augment', 'pixel_resized_crop',
+           'rgb_to_hsv', 'hsv_to_rgb', 'color_jiggle', 'clel_augment', 'image_grid', 'show_images']
 
 # %% ../nbs/01_data.ipynb #0ae1ccf0
 from .experiments import DATASETS
@@ -366,6 +367,91 @@ def simclr_augment(x: torch.Tensor,      # images [B,C,H,W] in [0,1], C in (1, 3
     if not 0 <= grayscale_p <= 1: raise ParameterError(f"parameter 'grayscale_p' = {grayscale_p!r}; valid: [0, 1]")
     x = random_resized_crop(x, scale, generator=generator)
     if jitter > 0: x = color_jitter(x, jitter, jitter_p, generator)
+    return random_grayscale(x, grayscale_p, generator)
+
+# %% ../nbs/01_data.ipynb #2a6eb64f
+def _pixel_boxes(B: int, H: int, W: int, scale, ratio, generator, attempts: int = 10):
+    "Integer crop boxes as kornia 0.6.3 samples them: (w, h, x0, y0), each [B] float, in pixels."
+    u = _uniform(2 * B * attempts, generator).view(2, B, attempts)
+    area = (scale[0] + (scale[1] - scale[0]) * u[0]) * H * W
+    r = (math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]).exp()
+    w, h = (area * r).sqrt().round(), (area / r).sqrt().round()
+    ok = (w > 0) & (w < W) & (h > 0) & (h < H)
+    first = torch.where(ok, torch.arange(attempts).expand(B, -1), attempts).amin(1)   # first valid draw
+    got = first < attempts
+    pick = lambda v, full: torch.where(got, v.gather(1, first.clamp(max=attempts - 1)[:, None]).squeeze(1), float(full))
+    w, h = pick(w, W), pick(h, H)
+    c = _uniform(2 * B, generator).view(2, B)
+    return w, h, (c[0] * (W - w + 1)).floor(), (c[1] * (H - h + 1)).floor()
+
+def pixel_resized_crop(x: torch.Tensor,        # images [B,C,H,W]
+                       scale=(0.08, 1.0),      # range of the crop's area fraction
+                       ratio=(3 / 4, 4 / 3),   # range of the aspect ratio
+                       flip_p: float = 0.5,    # probability of a horizontal flip (folded into the warp)
+                       mode: str = 'bicubic',  # grid_sample interpolation
+                       generator: torch.Generator | None = None,
+                      ) -> torch.Tensor:
+    "kornia-0.6.3-style random resized crop: integer box, corner pixels onto corner pixels, bicubic; [B,C,H,W]."
+    _check_batch(x)
+    if not 0 < scale[0] <= scale[1] <= 1: raise ParameterError(f"parameter 'scale' = {scale!r}; valid: 0 < lo <= hi <= 1")
+    B, _, H, W = x.shape
+    w, h, x0, y0 = _pixel_boxes(B, H, W, scale, ratio, generator)
+    sign = torch.where(_uniform(B, generator) < flip_p, -1.0, 1.0)
+    theta = torch.zeros(B, 2, 3)   # align_corners=True: normalised ±1 are the centres of the corner pixels
+    theta[:, 0, 0], theta[:, 0, 2] = sign * (w - 1) / max(W - 1, 1), (2 * x0 + w - 1) / max(W - 1, 1) - 1
+    theta[:, 1, 1], theta[:, 1, 2] = (h - 1) / max(H - 1, 1), (2 * y0 + h - 1) / max(H - 1, 1) - 1
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=True)
+    return F.grid_sample(x, grid, mode=mode, padding_mode='border', align_corners=True)
+
+# %% ../nbs/01_data.ipynb #03de92d5
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    "RGB [B,3,H,W] in [0,1] -> HSV with hue in turns [0,1), saturation and value in [0,1]."
+    v, arg = x.max(1); delta = v - x.min(1).values
+    r, g, b = x.unbind(1); d = delta.clamp(min=1e-12)
+    h = torch.where(arg == 0, ((g - b) / d) % 6, torch.where(arg == 1, (b - r) / d + 2, (r - g) / d + 4)) / 6
+    h = torch.where(delta > 0, h, torch.zeros_like(h))
+    return torch.stack([h, delta / v.clamp(min=1e-12), v], 1)
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    "HSV [B,3,H,W] (hue in turns) -> RGB [B,3,H,W]."
+    h, s, v = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    k = (x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + h * 6) % 6
+    return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)
+
+def color_jiggle(x: torch.Tensor,          # images [B,C,H,W] in [0,1], C in (1, 3)
+                 brightness: float = 0.4,  # b ~ U(1-s, 1+s); adds b - 1
+                 contrast: float = 0.4,    # c ~ U(1-s, 1+s); multiplies
+                 saturation: float = 0.4,  # multiplies the HSV saturation (RGB only)
+                 hue: float = 0.1,         # shifts the HSV hue by U(-s, s) turns (RGB only)
+                 p: float = 0.8,           # probability of jittering each image
+                 generator: torch.Generator | None = None,
+                ) -> torch.Tensor:
+    "kornia 0.6.3 ColorJitter semantics: additive brightness, multiplicative contrast, HSV saturation/hue, random order."
+    _check_batch(x)
+    B, C = x.shape[:2]
+    u = _uniform(5 * B, generator).view(5, B).to(x.device, x.dtype)
+    on = (u[0] < p).to(x.dtype).view(-1, 1, 1, 1)
+    fac = lambda r, s: (1 - s + 2 * s * r).view(-1, 1, 1, 1)
+    def sat(y):
+        hsv = rgb_to_hsv(y); return hsv_to_rgb(torch.cat([hsv[:, :1], (hsv[:, 1:2] * fac(u[3], saturation)).clamp(0, 1), hsv[:, 2:]], 1))
+    def shift_hue(y):
+        hsv = rgb_to_hsv(y); return hsv_to_rgb(torch.cat([(hsv[:, :1] + hue * (2 * u[4] - 1).view(-1, 1, 1, 1)) % 1, hsv[:, 1:]], 1))
+    ops = [lambda y: (y + fac(u[1], brightness) - 1).clamp(0, 1), lambda y: (y * fac(u[2], contrast)).clamp(0, 1),
+           lambda y: sat(y).clamp(0, 1) if C == 3 else y, lambda y: shift_hue(y).clamp(0, 1) if C == 3 else y]
+    out = x
+    for i in torch.randperm(4, generator=generator).tolist(): out = ops[i](out)   # one order per batch, as kornia
+    return on * out + (1 - on) * x
+
+def clel_augment(x: torch.Tensor,         # images [B,C,H,W] in [0,1], C in (1, 3)
+                 generator: torch.Generator | None = None,
+                 scale=(0.08, 1.0),       # crop area fraction range
+                 jitter=(0.4, 0.4, 0.4, 0.1),  # brightness, contrast, saturation, hue
+                 jitter_p: float = 0.8,   # probability of colour jitter per image
+                 grayscale_p: float = 0.2,  # probability of grayscale (RGB only)
+                ) -> torch.Tensor:
+    "The official CLEL strong augmentation (kornia 0.6.3 semantics): pixel crop (bicubic) + flip, jitter, grayscale."
+    x = pixel_resized_crop(x, scale, generator=generator)
+    x = color_jiggle(x, *jitter, p=jitter_p, generator=generator)
     return random_grayscale(x, grayscale_p, generator)
 
 # %% ../nbs/01_data.ipynb #bc0b5eff

@@ -12,7 +12,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from .networks import count_parameters
 
 # %% auto #0
-__all__ = ['EBM_ARCHS', 'log_sphere_mgf', 'sn_conv', 'init_linear_', 'SmallConvTrunk', 'PreActBlock', 'ResNetTrunk',
+__all__ = ['CONV_INITS', 'EBM_ARCHS', 'log_sphere_mgf', 'sn_conv', 'init_linear_', 'SmallConvTrunk', 'PreActBlock', 'ResNetTrunk',
            'SphericalEBM', 'small_ebm', 'base_ebm', 'create_ebm']
 
 # %% ../nbs/20_ebm.ipynb #b0a1105e
@@ -32,9 +32,16 @@ def log_sphere_mgf(kappa: torch.Tensor, # concentrations κ ≥ 0, any shape
     return torch.logsumexp(log_terms, dim=-1)
 
 # %% ../nbs/20_ebm.ipynb #505c7895
-def sn_conv(cin: int, cout: int, k: int = 3, bias: bool = True) -> nn.Module:
-    "A stride-1 'same' convolution with spectral normalisation."
-    return spectral_norm(nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias))
+CONV_INITS = ('torch', 'kaiming')  # EBM convolution init: PyTorch default, or the official Kaiming-normal fan-in + zero bias
+
+def sn_conv(cin: int, cout: int, k: int = 3, bias: bool = True, init: str = 'torch') -> nn.Module:
+    "A stride-1 'same' convolution with spectral normalisation; `init` in CONV_INITS, applied before the normalisation."
+    if init not in CONV_INITS: raise ValueError(f"conv init = {init!r}: valid are {', '.join(CONV_INITS)}")
+    conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
+    if init == 'kaiming':
+        nn.init.kaiming_normal_(conv.weight, mode='fan_in', nonlinearity='linear')
+        if conv.bias is not None: nn.init.zeros_(conv.bias)
+    return spectral_norm(conv)
 
 def init_linear_(module: nn.Module, std: float = 0.01):
     "Initialise every nn.Linear in `module` with N(0, std) weights and zero bias (small energies at init)."
@@ -48,11 +55,12 @@ class SmallConvTrunk(nn.Module):
     "Conv trunk for small images: per stage one SN conv + LeakyReLU, then 2x2 avg-pool; [B,C,H,W] -> [B,widths[-1]]."
     def __init__(self, in_channels: int = 1,                  # image channels
                  widths: tuple = (32, 64, 128, 128),          # channels of the stages (avg-pool after all but the last)
+                 conv_init: str = 'torch',                    # see CONV_INITS
                 ):
         super().__init__()
         layers, c = [], in_channels
         for i, w in enumerate(widths):
-            layers += [sn_conv(c, w), nn.LeakyReLU(0.2)]
+            layers += [sn_conv(c, w, init=conv_init), nn.LeakyReLU(0.2)]
             if i < len(widths) - 1: layers.append(nn.AvgPool2d(2, ceil_mode=True))
             c = w
         self.net, self.out_dim = nn.Sequential(*layers), c
@@ -60,11 +68,11 @@ class SmallConvTrunk(nn.Module):
 
 class PreActBlock(nn.Module):
     "Pre-activation residual block without normalisation: x + conv(act(conv(act(x)))), 1x1 SN shortcut on width change."
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, conv_init: str = 'torch'):
         super().__init__()
-        self.c1, self.c2 = sn_conv(cin, cout), sn_conv(cout, cout)
+        self.c1, self.c2 = sn_conv(cin, cout, init=conv_init), sn_conv(cout, cout, init=conv_init)
         self.act = nn.LeakyReLU(0.2)
-        self.short = sn_conv(cin, cout, k=1, bias=False) if cin != cout else nn.Identity()
+        self.short = sn_conv(cin, cout, k=1, bias=False, init=conv_init) if cin != cout else nn.Identity()
     def forward(self, x): return self.short(x) + self.c2(self.act(self.c1(self.act(x))))
 
 class ResNetTrunk(nn.Module):
@@ -72,11 +80,12 @@ class ResNetTrunk(nn.Module):
     def __init__(self, in_channels: int = 3,                                       # image channels
                  stem: int = 128,                                                  # stem width
                  stages: tuple = ((128, 2), (128, 2), (256, 2), (256, 2)),         # (width, blocks) per stage
+                 conv_init: str = 'torch',                                         # see CONV_INITS
                 ):
         super().__init__()
-        mods, c = [sn_conv(in_channels, stem)], stem
+        mods, c = [sn_conv(in_channels, stem, init=conv_init)], stem
         for i, (w, n) in enumerate(stages):
-            for _ in range(n): mods.append(PreActBlock(c, w)); c = w
+            for _ in range(n): mods.append(PreActBlock(c, w, conv_init)); c = w
             if i < len(stages) - 1: mods.append(nn.AvgPool2d(2))
         mods.append(nn.LeakyReLU(0.2))
         self.net, self.out_dim = nn.Sequential(*mods), c
@@ -92,9 +101,15 @@ class SphericalEBM(nn.Module):
                  norm_direction: bool = True,     # False: the REMOVE variant (no g, unnormalised f in the latent term)
                  beta: float = 0.01,              # training β: the variant's marginal energy depends on it
                  init_std: float = 0.01,          # std of the N(0, std) init of every linear layer (official: 0.01)
+                 input_mean: tuple = (0.5,),      # per-channel mean subtracted from pixels in [0,1] (one value: all channels)
+                 input_std: tuple = (0.5,),       # per-channel std dividing them; (0.5,), (0.5,) is the map 2x − 1
                 ):
         super().__init__()
         if beta < 0: raise ValueError(f"beta = {beta}: must be >= 0")
+        if len(input_mean) != len(input_std) or min(input_std) <= 0:
+            raise ValueError(f"input_mean = {input_mean}, input_std = {input_std}: need equal lengths and stds > 0")
+        self.register_buffer('input_mean', torch.tensor(input_mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer('input_std', torch.tensor(input_std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.trunk, self.latent_dim, self.norm_direction, self.beta = trunk, latent_dim, norm_direction, float(beta)
         self.head = nn.Sequential(nn.Linear(trunk.out_dim, head_hidden), nn.LeakyReLU(0.2), nn.Linear(head_hidden, latent_dim))
         self.g = (nn.Sequential(nn.Linear(latent_dim, proj_hidden, bias=False), nn.LeakyReLU(0.2),
@@ -103,7 +118,7 @@ class SphericalEBM(nn.Module):
 
     def features(self, x):
         "f(x): [B,C,H,W] in [0,1] -> [B,d]."
-        return self.head(self.trunk(x * 2 - 1))
+        return self.head(self.trunk((x - self.input_mean) / self.input_std))
 
     def norm_energy(self, f):
         "½‖f‖²: [B,d] -> [B]."
@@ -142,14 +157,16 @@ class SphericalEBM(nn.Module):
 # %% ../nbs/20_ebm.ipynb #2a01d896
 def small_ebm(in_channels: int = 1, latent_dim: int = 128, norm_direction: bool = True, beta: float = 0.01,
               widths: tuple = (32, 64, 128, 128), head_hidden: int = 256, proj_hidden: int = 256,
-              init_std: float = 0.01) -> SphericalEBM:
+              init_std: float = 0.01, conv_init: str = 'torch', input_mean: tuple = (0.5,), input_std: tuple = (0.5,)) -> SphericalEBM:
     "Small conv EBM for 28x28 (quick/smoke profiles): about 0.3M parameters with the defaults."
-    return SphericalEBM(SmallConvTrunk(in_channels, widths), latent_dim, head_hidden, proj_hidden, norm_direction, beta, init_std)
+    return SphericalEBM(SmallConvTrunk(in_channels, widths, conv_init), latent_dim, head_hidden, proj_hidden, norm_direction,
+                        beta, init_std, input_mean, input_std)
 
 def base_ebm(in_channels: int = 3, latent_dim: int = 128, norm_direction: bool = True, beta: float = 0.01,
-             init_std: float = 0.01) -> SphericalEBM:
+             init_std: float = 0.01, conv_init: str = 'kaiming', input_mean: tuple = (0.5,), input_std: tuple = (0.5,)) -> SphericalEBM:
     "The official CLEL base EBM for CIFAR-10 (pre-act ResNet, 128 stem, head 256->2048->128, g 128->2048->128), ≈7M params."
-    return SphericalEBM(ResNetTrunk(in_channels), latent_dim, 2048, 2048, norm_direction, beta, init_std)
+    return SphericalEBM(ResNetTrunk(in_channels, conv_init=conv_init), latent_dim, 2048, 2048, norm_direction, beta, init_std,
+                        input_mean, input_std)
 
 EBM_ARCHS = {'small': small_ebm, 'base': base_ebm}
 

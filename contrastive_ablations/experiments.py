@@ -14,10 +14,10 @@ from .core import Param, ParameterError, PROFILES, validate_params
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES', 'DIGIT_CLASSES', 'KMNIST_CLASSES', 'DATASETS', 'GATES',
            'NORMALIZE', 'VIEW_AUGS', 'ICKD_KNOBS', 'ICKD_PROFILES', 'ICKD_ROLES', 'WALL_TIME', 'ICKD_METRICS',
-           'ICKD_BASELINES', 'FASHION', 'ICKD', 'FRAMEWORKS', 'CLEL_FRAMEWORKS', 'BUFFER_AUGMENTS', 'CLEL_KNOBS',
-           'CLEL_PROFILES', 'OOD_PLANS', 'OOD_LABELS', 'CLEL_METRICS', 'CLEL', 'EXPERIMENTS', 'METRIC_ALIASES',
-           'DatasetInfo', 'Metric', 'Baseline', 'Part', 'Experiment', 'check_injected', 'parameters_cell',
-           'template_problems', 'write_parameters_cell']
+           'ICKD_BASELINES', 'FASHION', 'ICKD', 'FRAMEWORKS', 'CLEL_FRAMEWORKS', 'BUFFER_AUGMENTS', 'ENCODER_AUGMENTS',
+           'EMA_MODES', 'BETA_VIEWS', 'CLEL_KNOBS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CLEL_PROFILES', 'OOD_PLANS',
+           'OOD_LABELS', 'CLEL_METRICS', 'CLEL', 'EXPERIMENTS', 'METRIC_ALIASES', 'DatasetInfo', 'Metric', 'Baseline',
+           'Part', 'Experiment', 'check_injected', 'parameters_cell', 'template_problems', 'write_parameters_cell']
 
 # %% ../nbs/04_experiments.ipynb #0ae1ccf0
 FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
@@ -221,7 +221,10 @@ ICKD = Experiment(
 # %% ../nbs/04_experiments.ipynb #5b9e00e5
 FRAMEWORKS = ('simclr', 'byol', 'moco', 'mae')  # the self-supervised methods CLEL can be paired with
 CLEL_FRAMEWORKS = FRAMEWORKS + ('none',)
-BUFFER_AUGMENTS = ('none', 'flip', 'crop_flip', 'simclr')
+BUFFER_AUGMENTS = ('none', 'flip', 'crop_flip', 'simclr', 'clel')  # 'clel': the official strong augmentation
+ENCODER_AUGMENTS = ('simclr', 'clel')  # encoder views: data.simclr_augment, or the official data.clel_augment
+EMA_MODES = ('decay', 'copy_warmup')   # EMA from iteration 1 after the step, or the official copy phase + update before the step
+BETA_VIEWS = ('shared', 'separate')    # the β term's latent from the first encoder view, or from its own view (official)
 
 CLEL_KNOBS = {
     'framework': Param(str, 'simclr', choices=CLEL_FRAMEWORKS, doc="self-supervised encoder; 'none' = no encoder (β term off)"),
@@ -251,6 +254,8 @@ CLEL_KNOBS = {
 }
 
 # %% ../nbs/04_experiments.ipynb #22591144
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # the official EBM's input statistics
+
 CLEL_PROFILES = {
     'smoke': dict(ebm_widths=(8, 16), ebm_head_hidden=16, ebm_proj_hidden=16, latent_dim=16, batch_size=16, epochs=1,
                   steps_per_epoch=3, n_train=512, sgld_steps=3, buffer_size=64, ebm_warmup=1, ema_halflife=32.0,
@@ -258,9 +263,11 @@ CLEL_PROFILES = {
     'quick': dict(),
     'paper': dict(ebm_arch='base', ebm_init_std=0.01, ebm_head_hidden=2048, ebm_proj_hidden=2048, latent_dim=128, encoder_arch='resnet18',
                   batch_size=64, epochs=100, steps_per_epoch=1000, sgld_steps=60, sgld_step_size=100.0, sgld_noise=0.001,
-                  buffer_size=10000, reinit_prob=0.001, buffer_augment='simclr', ebm_lr=1e-4, ebm_warmup=2000,
+                  buffer_size=10000, reinit_prob=0.001, buffer_augment='clel', ebm_lr=1e-4, ebm_warmup=2000,
                   ema_halflife=20000.0, fid_n_samples=50000, fid_n_reference=10000, fid_source='fresh', fresh_rounds=10,
-                  ood_n=10000),
+                  ood_n=10000, ebm_conv_init='kaiming', ebm_input_mean=CIFAR10_MEAN, ebm_input_std=CIFAR10_STD,
+                  buffer_replace=False, sgld_train_mode=True, encoder_augment='clel', beta_view='separate',
+                  ema_mode='copy_warmup', fresh_reaugment=True, fid_quantize='floor256', fid_extractor='inception'),
 }
 
 # %% ../nbs/04_experiments.ipynb #4016b1f1
@@ -275,6 +282,8 @@ def _ood_label(s: str) -> str: return OOD_LABELS.get(s) or DATASETS[s].title
 _OOD_SETS = tuple(dict.fromkeys(s for sets in OOD_PLANS.values() for s in sets))
 CLEL_METRICS = (
     Metric('fid', 'FID', '', 0, None, False, family='fid', figure='fid'),
+    Metric('fid_fresh', 'FID of fresh chains from noise', '', 0, None, False, family='fid', figure='fid'),
+    Metric('fid_buffer', 'FID of the buffer chains', '', 0, None, False, family='fid', figure='fid'),
     Metric('fid_n_samples', 'generated images for FID', 'images', 0, None, None),
     Metric('auroc_mean', 'mean OOD AUROC', '', 0, 1, True, family='auroc', figure='auroc'),
     *[Metric(f'auroc_{s}', f'AUROC vs {_ood_label(s)}', '', 0, 1, True, family='auroc', figure='auroc') for s in _OOD_SETS],

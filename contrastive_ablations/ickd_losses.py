@@ -32,8 +32,9 @@ def kd_losses(logits_s: Tensor,  # student logits [B, C]
     _check('T', T, 0, lo_open=True); _check('gamma', gamma, 0); _check('alpha', alpha, 0)
     ce = F.cross_entropy(logits_s, target)
     log_ps = F.log_softmax(logits_s / T, dim=1)
-    log_pt = F.log_softmax(logits_t.detach() / T, dim=1)
-    kl = F.kl_div(log_ps, log_pt, reduction='batchmean', log_target=True)  # mean over the batch of KL(p_t || p_s)
+    p_t = F.softmax(logits_t.detach() / T, dim=1)
+    # probability target: kl_div uses xlogy, so a class with p_t = 0 (teacher logit −inf) adds 0, as in the closed form
+    kl = F.kl_div(log_ps, p_t, reduction='batchmean')  # mean over the batch of KL(p_t || p_s)
     return {'ce': gamma * ce, 'kd': alpha * T * T * kl}
 
 # %% ../nbs/10_kd_losses.ipynb #c515f034
@@ -45,7 +46,8 @@ def margin_scores(logits: Tensor,  # [B, C]
                  ) -> Tensor:
     "Margin s_y - max_{c != y} s_c per sample [B] (differentiable)."
     if scores not in MARGIN_SCORES: raise ParameterError(f"parameter 'scores' = {scores!r}; valid: one of {MARGIN_SCORES}")
-    s = logits.float().softmax(1) if scores == 'prob' else logits.float()
+    dt = torch.promote_types(logits.dtype, torch.float32)   # half precision is widened; float64 stays float64
+    s = logits.to(dt).softmax(1) if scores == 'prob' else logits.to(dt)
     true = s.gather(1, target[:, None]).squeeze(1)
     other = s.scatter(1, target[:, None], float('-inf')).amax(1)
     return true - other

@@ -21,10 +21,10 @@ def dequantize(x: torch.Tensor,                        # images in [0,1] that ca
     return x * (levels - 1) / levels + u / levels
 
 @contextmanager
-def frozen(model: nn.Module):
-    "Within the block: eval mode and requires_grad=False for every parameter; restores both afterwards."
+def frozen(model: nn.Module, train: bool = False):
+    "Within the block: eval mode (train mode if `train`) and requires_grad=False for every parameter; restores both."
     was_training, flags = model.training, [p.requires_grad for p in model.parameters()]
-    model.eval()
+    model.train(train)
     for p in model.parameters(): p.requires_grad_(False)
     try: yield model
     finally:
@@ -73,8 +73,10 @@ class ReplayBuffer:
                  reinit_prob: float = 0.001,       # probability that a drawn image restarts from uniform noise
                  augment=None,                     # callable (x [B,C,H,W], generator) -> x, applied to drawn images
                  generator: torch.Generator | None = None,  # CPU generator for draws, noise and augmentation
-                 device='cpu'):                    # where the images live
+                 device='cpu',                     # where the images live
+                 replace: bool = True):            # draw chains with replacement (False: distinct chains per draw)
         if size < 1: raise ValueError(f"buffer size = {size}: must be >= 1")
+        self.replace = replace
         if not 0 <= reinit_prob <= 1: raise ValueError(f"reinit_prob = {reinit_prob}: must be in [0, 1]")
         self.shape, self.reinit_prob, self.augment, self.device = tuple(shape), reinit_prob, augment, torch.device(device)
         self.gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -87,16 +89,21 @@ class ReplayBuffer:
 
     def __len__(self): return len(self.images)
 
+    def restart_and_augment(self, x: torch.Tensor) -> torch.Tensor:
+        "Re-initialise each image with probability reinit_prob, then augment: [n,C,H,W] -> [n,C,H,W]."
+        x = x.clone()
+        reinit = torch.rand(len(x), generator=self.gen) < self.reinit_prob
+        if reinit.any():
+            x[reinit.to(x.device)] = self.noise(int(reinit.sum())).to(x.device)
+            self.n_reinit += int(reinit.sum())
+        return self.augment(x, generator=self.gen) if self.augment is not None else x
+
     def draw(self, n: int):
         "Draw n chains: returns (images [n,C,H,W] after re-init and augmentation, their buffer indices [n])."
-        idx = torch.randint(len(self), (n,), generator=self.gen)
-        x = self.images[idx.to(self.device)].clone()
-        reinit = torch.rand(n, generator=self.gen) < self.reinit_prob
-        if reinit.any():
-            x[reinit.to(self.device)] = self.noise(int(reinit.sum()))
-            self.n_reinit += int(reinit.sum())
-        if self.augment is not None: x = self.augment(x, generator=self.gen)
-        return x, idx
+        if not self.replace and n > len(self): raise ValueError(f"draw of {n} distinct chains from a buffer of {len(self)}")
+        idx = (torch.randint(len(self), (n,), generator=self.gen) if self.replace
+               else torch.randperm(len(self), generator=self.gen)[:n])
+        return self.restart_and_augment(self.images[idx.to(self.device)]), idx
 
     def write(self, idx: torch.Tensor, x: torch.Tensor):
         "Store the chains' new states back at `idx`."
@@ -106,14 +113,16 @@ class ReplayBuffer:
 class SGLDSampler:
     "Negative samples for EBM training: draw from a ReplayBuffer, run SGLD on the model's marginal energy, write back."
     def __init__(self, buffer: ReplayBuffer, n_steps: int = 20, step_size: float = 1.0, noise: float = 0.005,
-                 grad_clip: float | None = None, generator: torch.Generator | None = None):
+                 grad_clip: float | None = None, generator: torch.Generator | None = None,
+                 train_mode: bool = False):  # run the model in train mode: spectral norm's power iteration on every forward
         self.buffer, self.n_steps, self.step_size, self.noise, self.grad_clip = buffer, n_steps, step_size, noise, grad_clip
         self.gen = generator if generator is not None else buffer.gen
+        self.train_mode = train_mode
 
     def run(self, model: nn.Module, x: torch.Tensor, n_steps: int | None = None, return_energies: bool = False):
         "SGLD on `model.marginal_energy` (or `model(x)`) with the model frozen; detached result."
         fn = getattr(model, 'marginal_energy', model)
-        with frozen(model):
+        with frozen(model, self.train_mode):
             return sgld(fn, x, self.n_steps if n_steps is None else n_steps, self.step_size, self.noise,
                         self.grad_clip, (0.0, 1.0), self.gen, return_energies)
 
@@ -124,11 +133,15 @@ class SGLDSampler:
         self.buffer.write(idx, x)
         return x
 
-    def fresh(self, model: nn.Module, n: int, rounds: int = 1, batch_size: int = 256) -> torch.Tensor:
-        "n samples from fresh chains: uniform noise, `rounds` × n_steps SGLD steps, no buffer involved."
+    def fresh(self, model: nn.Module, n: int, rounds: int = 1, batch_size: int = 256,
+              reaugment: bool = False,  # before each round, re-initialise (reinit_prob) and augment, as the buffer does
+             ) -> torch.Tensor:
+        "n samples from fresh chains: uniform noise, then `rounds` rounds of n_steps SGLD steps; the buffer is not touched."
         out = []
         for i in range(0, n, batch_size):
             x = self.buffer.noise(min(batch_size, n - i))
-            for _ in range(rounds): x = self.run(model, x)
+            for _ in range(rounds):
+                if reaugment: x = self.buffer.restart_and_augment(x)
+                x = self.run(model, x)
             out.append(x.cpu())
         return torch.cat(out)

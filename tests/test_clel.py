@@ -22,7 +22,7 @@ from contrastive_ablations.training import fit
 from dataclasses import replace
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXED_KEYS = {'fid', 'fid_n_samples', 'auroc_mean', 'e_pos_final', 'e_neg_final', 'wall_time_s', 'status'}
+FIXED_KEYS = {'fid', 'fid_fresh', 'fid_buffer', 'fid_n_samples', 'auroc_mean', 'e_pos_final', 'e_neg_final', 'wall_time_s', 'status'}
 
 
 def test_paper_profile_networks():
@@ -54,7 +54,7 @@ def test_paper_profile_one_iteration_on_cifar_shaped_tensors():
     assert any(not torch.equal(a, b) for a, b in zip(enc0, tr.model.encoder.trainable_parameters()))  # the encoder moved
     assert (tr.sampler.buffer.images != buf0).flatten(1).any(1).sum() >= 1                    # chains written back
     ema = list(tr.model.ema_ebm.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(ebm0, ema))                               # EMA followed
+    assert all(torch.equal(a, b) for a, b in zip(ebm0, ema))      # official EMA: iteration 1 copies before the step
     assert all(not q.requires_grad for q in ema)
 
 
@@ -95,7 +95,8 @@ def test_ablation_notebook_smoke_all_frameworks_and_variant(tmp_path):
     for (fw, nd), r in zip(runs, results):
         d = tmp_path / f'{fw}_{nd}' / 'out'
         assert r.returncode == 0, (fw, nd, r.stderr[-3000:])
-        assert {'metrics.json', 'curves.csv', 'params.json', 'samples.png', 'metrics_info.json'} <= {p.name for p in d.iterdir()}
+        assert {'metrics.json', 'curves.csv', 'params.json', 'samples.png', 'samples_fresh.png', 'metrics_info.json'} <= \
+               {p.name for p in d.iterdir()}
         m = json.loads((d / 'metrics.json').read_text())
         assert FIXED_KEYS <= set(m) and m['status'] == 'ok', (fw, nd, m)
         assert {k[len('auroc_marginal_'):] for k in m if k.startswith('auroc_marginal_')} == \
@@ -119,4 +120,153 @@ def test_divergence_is_a_result(tmp_path, monkeypatch):
     assert 'energy_limit' in artifacts['metrics_info.json']['status_message']
     write_run_outputs(params['out_dir'], params, m, curves, artifacts)
     assert (tmp_path / 'samples.png').is_file() and (tmp_path / 'metrics_info.json').is_file()
+    assert 'samples_fresh.png' not in artifacts and m['fid_fresh'] != m['fid_fresh']   # no fresh chains of a diverged run
     assert list(curves.columns) == CURVE_COLUMNS
+
+
+# ---- the paper profile follows the official CLEL recipe (one test per point) ----
+from contrastive_ablations.experiments import CIFAR10_MEAN, CIFAR10_STD, CLEL_PROFILES
+from contrastive_ablations.clel import (OFFICIAL_RECIPE, DEVIATIONS,
+                                        deviations_table, make_buffer_augment, _fresh_samples)
+from contrastive_ablations.data import clel_augment
+from contrastive_ablations.clel_metrics import to_uint8
+
+
+def _paper_trainer(**over):
+    "A paper-profile trainer on CIFAR-shaped data, shrunk in size only (batch 4, 2 SGLD steps, buffer 16)."
+    p = CLEL.validate({'profile': 'paper', 'dataset': 'cifar10', 'device': 'cpu'})
+    cfg = replace(profile_config('paper', 'cifar10'), **{**dict(batch_size=4, sgld_steps=2, buffer_size=16, epochs=1,
+                                                                steps_per_epoch=1), **over})
+    torch.manual_seed(0)
+    return build_trainer(p, cfg, torch.device('cpu'), torch.Generator().manual_seed(0)), cfg
+
+
+def _batches(n=1):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.rand(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(n)]
+
+
+def test_paper_point1_input_map_is_cifar10_standardisation():
+    tr, cfg = _paper_trainer()
+    ebm = tr.model.ebm.eval()
+    assert torch.allclose(ebm.input_mean.flatten(), torch.tensor(CIFAR10_MEAN))
+    assert torch.allclose(ebm.input_std.flatten(), torch.tensor(CIFAR10_STD))
+    x = torch.rand(2, 3, 32, 32)
+    m, s = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(ebm.features(x), ebm.head(ebm.trunk((x - m) / s)), atol=1e-6)
+    assert profile_config('quick').ebm_input_mean == (0.5,)   # quick keeps 2x - 1 (a listed deviation)
+
+
+def test_paper_point2_strong_augmentation_official_parameters():
+    cfg = profile_config('paper', 'cifar10')
+    assert cfg.buffer_augment == 'clel' and cfg.encoder_augment == 'clel'
+    import inspect
+    from contrastive_ablations.data import pixel_resized_crop, color_jiggle
+    d = {k: v.default for k, v in inspect.signature(clel_augment).parameters.items()}
+    assert d['scale'] == (0.08, 1.0) and d['jitter'] == (0.4, 0.4, 0.4, 0.1) and d['jitter_p'] == 0.8 and d['grayscale_p'] == 0.2
+    assert inspect.signature(pixel_resized_crop).parameters['mode'].default == 'bicubic'
+    x = torch.rand(8, 3, 32, 32)
+    assert torch.equal(make_buffer_augment('clel')(x, torch.Generator().manual_seed(3)), clel_augment(x, torch.Generator().manual_seed(3)))
+    # brightness adds (kornia 0.6.3): a constant 0.5 image moves by b - 1 in [-0.4, 0.4], the same for all pixels
+    y = color_jiggle(torch.full((500, 1, 4, 4), 0.5), 0.4, 0.0, generator=torch.Generator().manual_seed(0)) - 0.5
+    assert (y.flatten(1).std(1) < 1e-6).all() and y.abs().max() <= 0.4 + 1e-6 and y.abs().max() > 0.35
+
+
+def test_paper_point3_separate_beta_view():
+    tr, cfg = _paper_trainer()
+    seen = {}
+    orig = tr.model.losses
+    tr.model.losses = lambda *a: seen.update(args=a) or orig(*a)
+    res = fit(tr.step_fn, _batches(), 1, tr.optimizers, tr.schedulers, after_step=tr.after_step, progress=False)
+    assert res.status == 'ok', res.message
+    x_pos, x_neg, v1, v2, vb = seen['args']
+    assert vb is not None and not torch.equal(vb, v1) and not torch.equal(vb, v2)
+    assert profile_config('quick').beta_view == 'shared'
+
+
+def test_paper_point4_spectral_norm_power_iteration_every_forward():
+    counts = {}
+    for name, over in (('paper', {}), ('eval', {'sgld_train_mode': False})):
+        tr, cfg = _paper_trainer(**over)
+        sn = tr.model.ebm.trunk.net[0].parametrizations.weight[0]
+        calls = []
+        sn.register_forward_pre_hook(lambda mod, inp: calls.append(mod.training))
+        fit(tr.step_fn, _batches(), 1, tr.optimizers, tr.schedulers, after_step=tr.after_step, progress=False)
+        counts[name] = sum(calls)   # forwards in train mode = power iterations
+    assert counts['paper'] == 2 + 1      # every SGLD forward (2 steps) + the loss forward
+    assert counts['eval'] == 1           # eval-mode sampling: only the loss forward
+
+
+def test_paper_point5_buffer_draws_without_replacement():
+    tr, cfg = _paper_trainer()
+    assert cfg.buffer_replace is False and tr.sampler.buffer.replace is False
+    for _ in range(50):
+        _, idx = tr.sampler.buffer.draw(16)
+        assert len(set(idx.tolist())) == 16
+
+
+def test_paper_point6_ema_copies_then_decays_before_the_step():
+    cfg0 = profile_config('paper', 'cifar10')
+    assert cfg0.ema_mode == 'copy_warmup' and cfg0.ema_halflife / cfg0.batch_size == 312.5   # copies at iterations 1..312
+    tr, cfg = _paper_trainer(ema_halflife=8.0)   # batch 4: copy at iteration 1, decay 0.5 ** 0.5 from iteration 2
+    w0 = [q.detach().clone() for q in tr.model.ebm.parameters()]
+    after1 = []
+    orig = tr.after_step
+    def after(step):
+        orig(step)
+        if step == 1: after1.extend(q.detach().clone() for q in tr.model.ebm.parameters())
+    res = fit(tr.step_fn, _batches(2), 1, tr.optimizers, tr.schedulers, after_step=after, steps_per_epoch=2, progress=False)
+    assert res.status == 'ok', res.message
+    d = 0.5 ** 0.5
+    for e, a, b in zip(tr.model.ema_ebm.parameters(), w0, after1):   # before step 2: d * (copy of w0) + (1 - d) * w1
+        assert torch.allclose(e, d * a + (1 - d) * b, atol=1e-6)
+
+
+def test_paper_point7_initialisation():
+    tr, cfg = _paper_trainer()
+    convs = [m for m in tr.model.ebm.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.bias is None or c.bias.abs().max() == 0 for c in convs)
+    big = [c.parametrizations.weight.original for c in convs if c.parametrizations.weight.original.numel() > 100_000]
+    assert big and all(abs(w.std().item() * w[0].numel() ** 0.5 - 1) < 0.05 for w in big)   # Kaiming-normal fan-in, gain 1
+    bb = tr.model.encoder.backbone
+    assert all(b.bn2.weight.abs().max() == 0 for b in bb.blocks)                               # last BN of each block zero
+    w = bb.blocks[4].conv2.weight
+    assert abs(w.std().item() * (w.shape[0] * w[0, 0].numel() / 2) ** 0.5 - 1) < 0.05           # Kaiming fan-out (ReLU)
+
+
+def test_paper_point8_final_fid_rounds_and_quantisation():
+    cfg0 = profile_config('paper', 'cifar10')
+    assert (cfg0.fid_source, cfg0.fresh_rounds, cfg0.sgld_steps, cfg0.fresh_reaugment, cfg0.fid_quantize) == ('fresh', 10, 60, True, 'floor256')
+    tr, cfg = _paper_trainer(sgld_steps=1)
+    calls = []
+    aug = tr.sampler.buffer.augment
+    tr.sampler.buffer.augment = lambda x, generator=None: calls.append(len(x)) or aug(x, generator)
+    out = _fresh_samples(tr.model, tr.sampler, 6, cfg0.fresh_rounds, cfg.fresh_reaugment)
+    assert out.shape == (6, 3, 32, 32) and calls == [6] * 10    # re-augmented before each of the 10 rounds
+    assert to_uint8(torch.tensor([0.999, 0.5, 1.0]).view(1, 3, 1, 1), cfg0.fid_quantize).flatten().tolist() == [255, 128, 255]
+
+
+def test_deviations_table_covers_every_departure(monkeypatch):
+    dev = deviations_table()
+    assert not dev.why.str.startswith('(no entry').any()
+    assert set(dev[dev.profile == 'paper'].field) == {'fid_n_reference'}
+    monkeypatch.setitem(CLEL_PROFILES, 'quick', dict(CLEL_PROFILES['quick'], reinit_prob=0.05))
+    assert '(no entry for this value)' in set(deviations_table(('quick',)).why)
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_path(tmp_path):
+    "benchmarks/gpu_check.py on the CPU at toy sizes: every number is reported and both losses agree across precisions."
+    out = tmp_path / 'gpu_check.json'
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'gpu_check.py'), '--device', 'cpu', '--iters', '1',
+                        '--warmup', '0', '--batch', '4', '--sgld-steps', '2', '--out', str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    for name, roles in (('ickd', ('teacher', 'student')), ('clel', (None,))):
+        assert rep[name]['loss_agrees'], rep[name]
+        for prec in ('fp32', 'bf16'):
+            for role in roles:
+                v = rep[name][prec][role] if role else rep[name][prec]
+                assert v['it_per_s'] > 0 and v['full_run_h'] > 0 and v['last_loss_finite'], (name, prec, v)
