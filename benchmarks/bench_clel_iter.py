@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing the package
-from contrastive_ablations.core import validate_params, get_device
-from contrastive_ablations.clel import PARAMS, _resolve, build_trainer
+from contrastive_ablations.core import get_device
+from contrastive_ablations.clel import _resolve, build_trainer
 from contrastive_ablations.data import DATASETS, simclr_augment, random_hflip
 from contrastive_ablations.training import fit
 
