@@ -383,9 +383,11 @@ def fid_score(generated: torch.Tensor,   # generated images [N,C,H,W] in [0,1]
         if min(len(g), len(r)) <= obj.feature_dim:
             log.warning(f'FID with {min(len(g), len(r))} samples and {obj.feature_dim}-d features: the covariance is '
                         'rank-deficient and FID is strongly biased upwards; use more samples')
-    metrics = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(g), input2=UInt8Images(r), fid=True, feature_extractor_weights_path=str(obj.path if kind == 'classifier' else obj),
-        cuda=get_device(device).type == 'cuda', batch_size=batch_size, save_cpu_ram=True, cache=False, verbose=verbose, **kw)
+    dev = get_device(device)
+    with torch.autocast(dev.type, enabled=False):   # the extractor is the ruler: float32 whatever the run's precision
+        metrics = torch_fidelity.calculate_metrics(
+            input1=UInt8Images(g), input2=UInt8Images(r), fid=True, feature_extractor_weights_path=str(obj.path if kind == 'classifier' else obj),
+            cuda=dev.type == 'cuda', batch_size=batch_size, save_cpu_ram=True, cache=False, verbose=verbose, **kw)
     return dict(fid=float(metrics['frechet_inception_distance']), extractor=desc,
                 n_generated=len(g), n_reference=len(r))
 
