@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from contrastive_ablations.core import validate_params
 from contrastive_ablations.data import BatchLoader, load_dataset
-from contrastive_ablations.ickd import PARAMS, make_criterion, profile_config, teacher_step_fn
+from contrastive_ablations.experiments import ICKD
+from contrastive_ablations.ickd import make_criterion, profile_config, teacher_step_fn
 from contrastive_ablations.networks import create_model
 from contrastive_ablations.training import fit
 
@@ -70,7 +70,7 @@ def main(argv=None):
     ap.add_argument('--threads', type=int, default=2)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    p = validate_params(PARAMS, {'lam': a.lam, 'batch_size': a.batch, 'teacher_arch': a.arch})
+    p = ICKD.validate({'lam': a.lam, 'batch_size': a.batch, 'teacher_arch': a.arch})
     cfg = profile_config('quick', 'fashion_mnist')
     cfg.batch_size, cfg.teacher_arch = a.batch, a.arch
     data = load_dataset('fashion_mnist', 'train').subset(a.batch * a.steps, seed=0)
