@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import autocast, get_device, seed_everything, timed
+from .core import autocast, get_device, resolve_precision, seed_everything, timed
 from .experiments import CLEL, DATASETS
 from .data import load_dataset, BatchLoader, simclr_augment, random_hflip, random_crop, image_grid
 from .ebm import create_ebm, SphericalEBM
@@ -351,4 +351,4 @@ def run(params: dict,  # checked parameters (experiments.check_injected or CLEL.
     p, info = extras['params'], extras['info']
     title = f"{p['framework']}, norm_direction={p['norm_direction']}: {info['samples_png']}"
     return metrics, curves, {'samples.png': sample_grid_png(extras['samples'], title=title), 'metrics_info.json': info,
-                            'timings.json': extras['timings']}
+                            'timings.json': {'precision': resolve_precision(p['precision'], info['device']), 'seconds': extras['timings']}}

@@ -421,7 +421,9 @@ def score_images(score_fn: Callable,   # images [B,C,H,W] -> scores [B] (higher 
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
-        s = score_fn(xb if device is None else xb.to(device))
+        xd = xb if device is None else xb.to(device)
+        with torch.autocast(xd.device.type, enabled=False):   # scores are measurements: float32 whatever the run's precision
+            s = score_fn(xd)
         s = torch.as_tensor(s).detach().reshape(-1)
         if len(s) != len(xb):
             raise ValueError(f"score_fn returned {len(s)} scores for a batch of {len(xb)} images; expected one per image")

@@ -138,8 +138,10 @@ GATES = ('prob', 'logit', 'hinge', 'none')  # margin gate kinds
 NORMALIZE = ('batch', 'selected')  # divide the summed anchor losses by the batch size or by the number of anchors used
 VIEW_AUGS = ('standard', 'simclr')  # augmentation of the positive view
 _DEVICE = Param(str, 'auto', identity=False, doc="'auto', 'cpu', 'cuda' or 'cuda:N' (where a run executes, not what it computes)")
-# bf16 changes the numbers a run produces, so precision is part of a run's identity (unlike device)
-_PRECISION = Param(str, 'fp32', choices=PRECISIONS, doc="arithmetic of training, SGLD and evaluation: 'fp32' or 'bf16' (bfloat16 autocast)")
+# bf16 changes the numbers a run produces, so precision is part of a run's identity (unlike device);
+# 'auto' = bf16 where the device computes it natively (measured: benchmarks/bench_precision.py), else fp32
+_PRECISION = Param(str, 'auto', choices=('auto',) + PRECISIONS,
+                   doc="arithmetic of training, SGLD and evaluation: 'fp32', 'bf16' (bfloat16 autocast) or 'auto' (bf16 where native)")
 
 ICKD_KNOBS = dict(
     profile=Param(str, 'quick', choices=PROFILES, doc='scale: smoke (seconds), quick (Fashion-MNIST on a CPU), paper (CIFAR-100 recipe)'),

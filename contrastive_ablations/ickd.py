@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ParameterError, autocast, get_device, seed_everything, timed
+from .core import ParameterError, autocast, get_device, resolve_precision, seed_everything, timed
 from .experiments import ICKD
 from .data import load_dataset, BatchLoader, standard_augment, simclr_augment
 from .networks import create_model, count_parameters
@@ -307,9 +307,10 @@ def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame,
 def run(params: dict,           # checked parameters (experiments.check_injected or ICKD.validate)
         progress: bool = True,  # show progress bars
        ) -> tuple[dict, pd.DataFrame, dict]:
-    "The experiment protocol: (metrics, curves, artifacts) of one run; the artifact is timings.json (seconds per phase)."
+    "The experiment protocol: (metrics, curves, artifacts) of one run; the artifact is timings.json (precision used, seconds per phase)."
     metrics, curves, extras = run_experiment(progress, **params)
-    return metrics, curves, {'timings.json': extras['timings']}
+    used = resolve_precision(params['precision'], extras['device'])
+    return metrics, curves, {'timings.json': {'precision': used, 'seconds': extras['timings']}}
 
 # %% ../nbs/11_ickd.ipynb #86f008f8
 def plot_curves(curves: pd.DataFrame, title: str = ''):

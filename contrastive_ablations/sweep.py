@@ -217,7 +217,7 @@ def _execute(spec, d, threads, gpu):
                 error = f"the notebook reported status {metrics.get('status')!r}"
     info.update(notebook_timing(d/'run.ipynb'))
     info.update(experiment=Path(spec.notebook).stem, profile=spec.params.get('profile'),
-                phases=run_phases(d, info['notebook_wall_s']))
+                precision=(_read(d/'timings.json') or {}).get('precision'), phases=run_phases(d, info['notebook_wall_s']))
     info['experiment_wall_s'] = (metrics or {}).get('wall_time_s')
     if info['experiment_wall_s'] is not None: info['overhead_s'] = info['notebook_wall_s'] - info['experiment_wall_s']
     info['finished'] = time.time()
@@ -390,7 +390,7 @@ def cell_phases(path) -> dict:
 def run_phases(run_dir, notebook_wall_s=None) -> dict:
     "Where a run's notebook time went: its cells, the `run` cell split by the run's own `timings.json`."
     d = Path(run_dir)
-    ph, inner = cell_phases(d/'run.ipynb'), _read(d/'timings.json') or {}
+    ph, inner = cell_phases(d/'run.ipynb'), (_read(d/'timings.json') or {}).get('seconds', {})
     if 'run' in ph:
         r, inner = ph.pop('run'), {k: float(v) for k, v in inner.items() if k in PHASES}
         ph.update(inner); ph['run_other'] = max(0.0, r - sum(inner.values()))
