@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing the package
-from contrastive_ablations.core import get_device
+from contrastive_ablations.core import get_device, resolve_precision
 from contrastive_ablations.clel import _resolve, build_trainer
 from contrastive_ablations.data import DATASETS, simclr_augment, random_hflip
 from contrastive_ablations.training import fit
@@ -97,10 +97,12 @@ def main(argv=None):
     ap.add_argument('--batch-size', type=int, default=None)
     ap.add_argument('--threads', type=int, default=None, help='torch.set_num_threads (default: leave as is)')
     ap.add_argument('--device', default='auto')
+    ap.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'bf16'),
+                    help="the suite path's precision, as the knob (the plain path is the official float32 recipe)")
     a = ap.parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     dataset = a.dataset or ('cifar10' if a.profile == 'paper' else 'fashion_mnist')
-    params = {'profile': a.profile, 'dataset': dataset, 'framework': a.framework, 'device': a.device}
+    params = {'profile': a.profile, 'dataset': dataset, 'framework': a.framework, 'device': a.device, 'precision': a.precision}
     if a.sgld_steps is not None: params['sgld_steps'] = a.sgld_steps
     if a.batch_size is not None: params['batch_size'] = a.batch_size
     p, cfg = _resolve(params)
@@ -119,7 +121,7 @@ def main(argv=None):
     def suite(n):
         sync(); t = time.perf_counter()
         res = fit(tr.step_fn, [(x, y)], 1, tr.optimizers, tr.schedulers, after_step=tr.after_step,
-                  steps_per_epoch=n, progress=False)
+                  steps_per_epoch=n, progress=False, precision=p['precision'])
         sync(); dt = time.perf_counter() - t
         assert res.status == 'ok', res.message
         return dt / n
@@ -135,7 +137,8 @@ def main(argv=None):
         ts.append(suite(a.iters)); tp.append(plain(a.iters))
         print(f'round {r}: suite {ts[-1]:.3f} s/it, plain {tp[-1]:.3f} s/it', flush=True)
     ms, mp = statistics.median(ts), statistics.median(tp)
-    out = dict(profile=a.profile, dataset=dataset, framework=p['framework'], batch_size=cfg.batch_size,
+    out = dict(profile=a.profile, dataset=dataset, framework=p['framework'], precision=p['precision'],
+               precision_used=resolve_precision(p['precision'], device), batch_size=cfg.batch_size,
                sgld_steps=cfg.sgld_steps, device=str(device), threads=torch.get_num_threads(),
                suite_s_per_iter=round(ms, 4), plain_s_per_iter=round(mp, 4), ratio_suite_over_plain=round(ms / mp, 3),
                rounds=a.rounds, iters_per_round=a.iters)

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from contrastive_ablations.experiments import ICKD
 from contrastive_ablations.data import BatchLoader, load_dataset
+from contrastive_ablations.experiments import ICKD
 from contrastive_ablations.ickd import make_criterion, profile_config, teacher_step_fn
 from contrastive_ablations.networks import create_model
 from contrastive_ablations.training import fit

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ParameterError, get_device, seed_everything
+from .core import ParameterError, autocast, get_device, resolve_precision, seed_everything, timed
 from .experiments import (CLEL, DATASETS, ENCODER_AUGMENTS, EMA_MODES, BETA_VIEWS, CIFAR10_MEAN,
                                               CIFAR10_STD)
 from .data import (load_dataset, BatchLoader, simclr_augment, clel_augment, random_hflip, random_crop,
@@ -430,15 +430,16 @@ def run_experiment(**params) -> tuple[dict, pd.DataFrame, dict]:
     t_start = time.perf_counter()
     p, cfg = _resolve(params)
     device = get_device(p['device'])
-    gen = seed_everything(p['seed'])
-    train = load_dataset(p['dataset'], 'train', download=cfg.download)
-    test = load_dataset(p['dataset'], 'test', download=cfg.download)
-    if cfg.n_train is not None: train = train.subset(cfg.n_train, seed=p['seed'])
+    gen, timings = seed_everything(p['seed']), {}
+    with timed(timings, 'data'):
+        train = load_dataset(p['dataset'], 'train', download=cfg.download)
+        test = load_dataset(p['dataset'], 'test', download=cfg.download)
+        if cfg.n_train is not None: train = train.subset(cfg.n_train, seed=p['seed'])
     loader = BatchLoader(train, cfg.batch_size, seed=p['seed'], device=device)
     tr = build_trainer(p, cfg, device, gen)
     model, sampler, buffer = tr.model, tr.sampler, tr.sampler.buffer
     res = fit(tr.step_fn, loader, cfg.epochs, tr.optimizers, tr.schedulers, after_step=tr.after_step, steps_per_epoch=cfg.steps_per_epoch,
-              desc=f"clel {p['framework']}{'' if p['norm_direction'] else ' (no norm-direction)'}")
+              precision=p['precision'], desc=f"clel {p['framework']}{'' if p['norm_direction'] else ' (no norm-direction)'}")
     curves = _curves(res)
     steps = res.steps
     tail = steps.tail(max(1, min(20, len(steps) // 10 or 1))) if len(steps) else None
@@ -450,7 +451,8 @@ def run_experiment(**params) -> tuple[dict, pd.DataFrame, dict]:
                 iterations=str(cfg.iterations), e_final='mean over the last 10% of logged steps (at most 20)')
     samples, by_source = None, {}
     if res.status == 'ok':
-        m, i, by_source = evaluate(model, sampler, cfg, test.x, p['seed'], device)
+        with autocast(p['precision'], device), timed(timings, 'fid_auroc'):   # SGLD in the run's precision, FID/OOD in fp32
+            m, i, by_source = evaluate(model, sampler, cfg, test.x, p['seed'], device)
         metrics.update(m); info.update(i)
         samples = by_source[cfg.fid_source]
     else:
@@ -460,14 +462,15 @@ def run_experiment(**params) -> tuple[dict, pd.DataFrame, dict]:
     info['samples_png'] = ('replay buffer (online EBM; run diverged)' if samples is None else
                            'EMA EBM fresh chains' if cfg.fid_source == 'fresh' else 'buffer chains continued by the EMA EBM')
     metrics['wall_time_s'] = time.perf_counter() - t_start
+    res.add_timings(timings)
     extras = dict(model=model, sampler=sampler, samples=grid, samples_by_source=by_source, config=cfg, params=p, result=res,
-                  info=info)
+                  info=info, timings=timings)
     return metrics, curves, extras
 
 # %% ../nbs/23_clel.ipynb #eaf5bc24
 def run(params: dict,  # checked parameters (experiments.check_injected or CLEL.validate)
        ) -> tuple[dict, pd.DataFrame, dict]:
-    "The experiment protocol: (metrics, curves, artifacts): samples.png, samples_fresh.png (evaluated runs), metrics_info.json."
+    "The experiment protocol: (metrics, curves, artifacts): samples.png, samples_fresh.png (evaluated runs), metrics_info.json, timings.json."
     metrics, curves, extras = run_experiment(**params)
     p, info = extras['params'], extras['info']
     head = f"{p['framework']}, norm_direction={p['norm_direction']}"
@@ -475,4 +478,5 @@ def run(params: dict,  # checked parameters (experiments.check_injected or CLEL.
     if 'fresh' in extras['samples_by_source']:
         artifacts['samples_fresh.png'] = sample_grid_png(extras['samples_by_source']['fresh'],
                                                          title=f'{head}: EMA EBM fresh chains from noise')
-    return metrics, curves, {**artifacts, 'metrics_info.json': info}
+    timings = {'precision': resolve_precision(p['precision'], info['device']), 'seconds': extras['timings']}
+    return metrics, curves, {**artifacts, 'metrics_info.json': info, 'timings.json': timings}

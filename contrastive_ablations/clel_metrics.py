@@ -401,9 +401,11 @@ def fid_score(generated: torch.Tensor,   # generated images [N,C,H,W] in [0,1]
         if min(len(g), len(r)) <= obj.feature_dim:
             log.warning(f'FID with {min(len(g), len(r))} samples and {obj.feature_dim}-d features: the covariance is '
                         'rank-deficient and FID is strongly biased upwards; use more samples')
-    metrics = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(g), input2=UInt8Images(r), fid=True, feature_extractor_weights_path=str(obj.path if kind == 'classifier' else obj),
-        cuda=get_device(device).type == 'cuda', batch_size=batch_size, save_cpu_ram=True, cache=False, verbose=verbose, **kw)
+    dev = get_device(device)
+    with torch.autocast(dev.type, enabled=False):   # the extractor is the ruler: float32 whatever the run's precision
+        metrics = torch_fidelity.calculate_metrics(
+            input1=UInt8Images(g), input2=UInt8Images(r), fid=True, feature_extractor_weights_path=str(obj.path if kind == 'classifier' else obj),
+            cuda=dev.type == 'cuda', batch_size=batch_size, save_cpu_ram=True, cache=False, verbose=verbose, **kw)
     return dict(fid=float(metrics['frechet_inception_distance']), extractor=desc,
                 n_generated=len(g), n_reference=len(r))
 
@@ -437,7 +439,9 @@ def score_images(score_fn: Callable,   # images [B,C,H,W] -> scores [B] (higher 
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size]
-        s = score_fn(xb if device is None else xb.to(device))
+        xd = xb if device is None else xb.to(device)
+        with torch.autocast(xd.device.type, enabled=False):   # scores are measurements: float32 whatever the run's precision
+            s = score_fn(xd)
         s = torch.as_tensor(s).detach().reshape(-1)
         if len(s) != len(xb):
             raise ValueError(f"score_fn returned {len(s)} scores for a batch of {len(xb)} images; expected one per image")

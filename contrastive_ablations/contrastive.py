@@ -266,8 +266,9 @@ class TinyMAE(nn.Module):
     def decode(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         "Predicted patches for every position: [B, N, p*p*C]."
         B = tokens.shape[0]
-        t = self.mask_token.expand(B, self.n_patches, -1).clone()
-        t = t.scatter(1, keep[..., None].expand(-1, -1, t.shape[-1]), self.decoder_embed(tokens))
+        e = self.decoder_embed(tokens)   # bfloat16 under autocast: the mask tokens follow its dtype
+        t = self.mask_token.expand(B, self.n_patches, -1).to(e.dtype)
+        t = t.scatter(1, keep[..., None].expand(-1, -1, t.shape[-1]), e)
         t = t + self.decoder_pos
         for blk in self.decoder: t = blk(t)
         return self.decoder_pred(self.decoder_norm(t))

@@ -14,9 +14,10 @@ import numpy as np
 # should start in a fraction of a second, not the ~3 s that importing torch costs.
 
 # %% auto #0
-__all__ = ['PROFILES', 'RUN_STATUSES', 'ParameterError', 'Param', 'validate_params', 'same_value', 'check_profile', 'get_device',
-           'seed_everything', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json',
-           'write_run_outputs', 'cache_dir', 'data_dir', 'in_notebook', 'package_root', 'LockedError', 'file_lock']
+__all__ = ['PROFILES', 'PRECISIONS', 'RUN_STATUSES', 'ParameterError', 'Param', 'validate_params', 'same_value', 'check_profile',
+           'get_device', 'seed_everything', 'native_bf16', 'resolve_precision', 'autocast', 'timed',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json', 'write_run_outputs',
+           'cache_dir', 'data_dir', 'in_notebook', 'package_root', 'LockedError', 'file_lock']
 
 # %% ../nbs/00_core.ipynb #83e6f34c
 PROFILES = ('smoke', 'quick', 'paper')  # scale profiles: seconds, a laptop CPU, the papers' recipes on a GPU
@@ -143,6 +144,44 @@ def seed_everything(seed: int) -> 'torch.Generator':
     import torch
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #95cdbdb0
+import time
+
+PRECISIONS = ('fp32', 'bf16')  # arithmetic of forward passes: float32, or bfloat16 autocast
+
+def native_bf16(device) -> bool:
+    "Whether `device` computes bfloat16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX)."
+    import torch
+    dev = torch.device(device)
+    if dev.type == 'cuda': return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    return dev.type == 'cpu' and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+def resolve_precision(precision: str, device) -> str:
+    "'fp32' or 'bf16' for a run: 'auto' is 'bf16' where the device computes it natively, else 'fp32'."
+    if precision not in ('auto',) + PRECISIONS:
+        raise ParameterError(f"parameter 'precision' = {precision!r}; valid: 'auto', {', '.join(map(repr, PRECISIONS))}")
+    if precision == 'auto': return 'bf16' if native_bf16(device) else 'fp32'
+    if precision == 'bf16' and not native_bf16(device):
+        raise ParameterError(f"parameter 'precision' = 'bf16': {device} has no native bfloat16 arithmetic (it would be slower); use 'fp32' or 'auto'")
+    return precision
+
+def autocast(precision: str,  # 'auto' or one of PRECISIONS
+             device,          # torch device (or its name) the computation runs on
+            ):
+    "A context in which forward passes run at `precision`: `torch.autocast` to bfloat16 for 'bf16', nothing for 'fp32'."
+    import torch
+    if resolve_precision(precision, device) == 'fp32': return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+@contextlib.contextmanager
+def timed(timings: dict,  # phase name -> seconds, updated in place
+          phase: str,     # the phase the block belongs to
+         ):
+    "Add the wall-clock seconds of the block to `timings[phase]`."
+    t0 = time.perf_counter()
+    try: yield timings
+    finally: timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - t0
 
 # %% ../nbs/00_core.ipynb #b0c9430e
 _UMASK = os.umask(0); os.umask(_UMASK)  # the process umask (reading it requires setting it)

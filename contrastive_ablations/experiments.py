@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core import Param, ParameterError, PROFILES, validate_params
+from .core import Param, ParameterError, PRECISIONS, PROFILES, validate_params
 
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES', 'DIGIT_CLASSES', 'KMNIST_CLASSES', 'DATASETS', 'GATES',
@@ -138,6 +138,10 @@ GATES = ('prob', 'logit', 'hinge', 'none')  # margin gate kinds
 NORMALIZE = ('batch', 'selected')  # divide the summed anchor losses by the batch size or by the number of anchors used
 VIEW_AUGS = ('standard', 'simclr')  # augmentation of the positive view
 _DEVICE = Param(str, 'auto', identity=False, doc="'auto', 'cpu', 'cuda' or 'cuda:N' (where a run executes, not what it computes)")
+# bf16 changes the numbers a run produces, so precision is part of a run's identity (unlike device);
+# 'auto' = bf16 where the device computes it natively (measured: benchmarks/bench_precision.py), else fp32
+_PRECISION = Param(str, 'auto', choices=('auto',) + PRECISIONS,
+                   doc="arithmetic of training, SGLD and evaluation: 'fp32', 'bf16' (bfloat16 autocast) or 'auto' (bf16 where native)")
 
 ICKD_KNOBS = dict(
     profile=Param(str, 'quick', choices=PROFILES, doc='scale: smoke (seconds), quick (Fashion-MNIST on a CPU), paper (CIFAR-100 recipe)'),
@@ -145,6 +149,7 @@ ICKD_KNOBS = dict(
     download=Param(bool, False, doc='let torchvision download a missing dataset (needs internet)'),
     seed=Param(int, 0, lo=0, hi=2**32 - 1, doc='random seed (data order, initialisation, augmentation)'),
     device=_DEVICE,
+    precision=_PRECISION,
     out_dir=Param(str, 'runs/manual/ickd', identity=False, doc='where the run files are written'),
     with_controls=Param(bool, False, doc='also train a vanilla (lam=0) and an ungated teacher and their students'),
     # --- the teacher's intra-class contrastive loss
@@ -235,6 +240,7 @@ CLEL_KNOBS = {
     'dataset': Param(str, 'fashion_mnist', choices=tuple(DATASETS), doc='training data'),
     'out_dir': Param(str, 'runs/manual/clel', identity=False, doc='where the run writes its files'),
     'device': _DEVICE,
+    'precision': _PRECISION,
     'sgld_steps': Param(int, None, lo=0, allow_none=True, doc='SGLD steps per iteration'),
     'sgld_step_size': Param(float, None, lo=0, allow_none=True, doc='SGLD gradient step η'),
     'sgld_noise': Param(float, None, lo=0, allow_none=True, doc='SGLD noise σ'),

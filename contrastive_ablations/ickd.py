@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import ParameterError, get_device, seed_everything
+from .core import ParameterError, autocast, get_device, resolve_precision, seed_everything, timed
 from .experiments import ICKD
 from .data import load_dataset, BatchLoader, standard_augment, simclr_augment
 from .networks import create_model, count_parameters
@@ -128,10 +128,10 @@ def _optim(params, cfg: ICKDConfig, epochs: int, steps_per_epoch: int):
     else: f = lambda s: cfg.lr_decay ** sum(s >= m * steps_per_epoch for m in cfg.milestones)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, f)
 
-def _eval_fn(model, val, steps_per_eval, steps_per_epoch):
+def _eval_fn(model, val, steps_per_eval, steps_per_epoch, precision='fp32'):
     "Validation accuracy (%) at each (sub-)epoch end, with the fractional data epoch."
     def ev(e):
-        acc = accuracy(model, val, None) * 100
+        with autocast(precision, val.x.device): acc = accuracy(model, val, None) * 100
         model.train()
         return {'val_acc': acc, 'data_epoch': e * steps_per_eval / steps_per_epoch}
     return ev
@@ -142,13 +142,13 @@ def _layout(n: int, cfg: ICKDConfig) -> tuple[int, int]:
     k = max(1, min(cfg.evals_per_epoch, spe))
     return k, spe // k
 
-def _fit(step_fn, model, train, val, cfg, epochs, opt, sched, seed, desc, progress):
+def _fit(step_fn, model, train, val, cfg, epochs, opt, sched, seed, desc, progress, precision='fp32'):
     loader = BatchLoader(train, cfg.batch_size, shuffle=True, drop_last=True, seed=seed, device=train.x.device)
     k, per_eval = _layout(len(train), cfg)
     spe = per_eval * k
     model.train()
-    res = fit(step_fn, loader, epochs * k, [opt], [sched], eval_fn=_eval_fn(model, val, per_eval, spe),
-              steps_per_epoch=per_eval, progress=progress, desc=desc)
+    res = fit(step_fn, loader, epochs * k, [opt], [sched], eval_fn=_eval_fn(model, val, per_eval, spe, precision),
+              steps_per_epoch=per_eval, progress=progress, desc=desc, precision=precision)
     return res, spe
 
 # %% ../nbs/11_ickd.ipynb #21f16aad
@@ -189,7 +189,7 @@ def train_teacher(train, val, cfg: ICKDConfig, p: dict, device, progress: bool =
     crit = make_criterion(model, len(train.classes), p)
     opt, sched = _optim(list(model.parameters()) + list(crit.parameters()), cfg, cfg.teacher_epochs, math.prod(_layout(len(train), cfg)))
     res, spe = _fit(teacher_step_fn(model, crit, cfg, p, g), model, train, val, cfg, cfg.teacher_epochs, opt, sched,
-                    p['seed'], desc, progress)
+                    p['seed'], desc, progress, p['precision'])
     return model, crit, res, spe
 
 def train_student(teacher: nn.Module, train, val, cfg: ICKDConfig, p: dict, device, progress: bool = True,
@@ -200,7 +200,7 @@ def train_student(teacher: nn.Module, train, val, cfg: ICKDConfig, p: dict, devi
     opt, sched = _optim(model.parameters(), cfg, cfg.student_epochs, math.prod(_layout(len(train), cfg)))
     with frozen(teacher):
         res, spe = _fit(student_step_fn(model, teacher, cfg, p, g), model, train, val, cfg, cfg.student_epochs, opt, sched,
-                        p['seed'], desc, progress)
+                        p['seed'], desc, progress, p['precision'])
     return model, res, spe
 
 # %% ../nbs/11_ickd.ipynb #33ba47dd
@@ -274,8 +274,8 @@ def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame,
     p = ICKD.validate(params)
     cfg = resolve_config(p)
     device = get_device(p['device'])
-    t0 = time.time()
-    train, val, test, ana = load_splits(cfg, p, device)   # a missing dataset stops here, before any training
+    t0, timings, amp = time.time(), {}, autocast(p['precision'], device)
+    with timed(timings, 'data'): train, val, test, ana = load_splits(cfg, p, device)   # a missing dataset stops here, before any training
     n_classes = len(train.classes)
     metrics, curves, extras = {}, [], {'config': asdict(cfg), 'models': {}, 'results': {},
                                        'n_params': {}, 'device': str(device)}
@@ -289,7 +289,9 @@ def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame,
         curves.append(role_curves(t_role, res, spe))
         extras['models'][t_role], extras['results'][t_role] = teacher, res
         extras['n_params'][t_role] = count_parameters(teacher, trainable_only=False)
-        metrics.update(teacher_metrics(t_role, teacher, curves[-1], res, test, ana, p['T'], n_classes))
+        res.add_timings(timings)
+        with amp, timed(timings, 'evaluation'):
+            metrics.update(teacher_metrics(t_role, teacher, curves[-1], res, test, ana, p['T'], n_classes))
         extras.setdefault('queue_age', {})[t_role] = crit.queue.mean_age()
         if res.status != 'ok':
             status = 'diverged'; extras['message'] = f'{t_role}: {res.message}'
@@ -298,18 +300,21 @@ def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame,
         curves.append(role_curves(s_role, sres, sspe))
         extras['models'][s_role], extras['results'][s_role] = student, sres
         extras['n_params'][s_role] = count_parameters(student, trainable_only=False)
-        metrics.update(role_metrics(s_role, curves[-1], accuracy(student, test, None) * 100, sres.wall_time_s, n_classes))
+        sres.add_timings(timings)
+        with amp, timed(timings, 'evaluation'):
+            metrics.update(role_metrics(s_role, curves[-1], accuracy(student, test, None) * 100, sres.wall_time_s, n_classes))
         if sres.status != 'ok': status = 'diverged'; extras['message'] = f'{s_role}: {sres.message}'
     metrics['wall_time_s'] = time.time() - t0
-    metrics['status'] = status
+    metrics['status'], extras['timings'] = status, timings
     return metrics, pd.concat(curves, ignore_index=True), extras
 
 def run(params: dict,           # checked parameters (experiments.check_injected or ICKD.validate)
         progress: bool = True,  # show progress bars
        ) -> tuple[dict, pd.DataFrame, dict]:
-    "The experiment protocol: (metrics, curves, artifacts) of one run; ICKD writes no extra files."
-    metrics, curves, _ = run_experiment(progress, **params)
-    return metrics, curves, {}
+    "The experiment protocol: (metrics, curves, artifacts) of one run; the artifact is timings.json (precision used, seconds per phase)."
+    metrics, curves, extras = run_experiment(progress, **params)
+    used = resolve_precision(params['precision'], extras['device'])
+    return metrics, curves, {'timings.json': {'precision': used, 'seconds': extras['timings']}}
 
 # %% ../nbs/11_ickd.ipynb #86f008f8
 def plot_curves(curves: pd.DataFrame, title: str = ''):

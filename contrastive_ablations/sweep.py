@@ -17,14 +17,15 @@ from .safeio import check_writable, disk_error
 # through them the experiments and torch) would add seconds to every worker start. `core` is light.
 
 # %% auto #0
-__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'SLURM_ENDED', 'SLURM_WHY', 'MAX_WORKERS',
-           'RunSpec', 'params_hash', 'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs',
-           'params_mismatch', 'run_state', 'kernel_env', 'execute_run', 'notebook_timing', 'has_parameters_cell',
-           'SweepLockedError', 'StudyLock', 'library_versions', 'git_info', 'detect_gpus', 'machine_info',
-           'write_manifest', 'Progress', 'run_local', 'run_submitit', 'slurm_partitions', 'slurm_check',
-           'slurm_parameters', 'sbatch_script', 'SlurmTimeLimit', 'slurm_job', 'slurm_states', 'record_job_failure',
-           'run_slurm', 'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table',
-           'sweep', 'SweepStoppedError', 'summary', 'sweep_parser', 'cli_sweep']
+__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'PHASES', 'PRIOR_S', 'SLURM_ENDED',
+           'SLURM_WHY', 'MAX_WORKERS', 'RunSpec', 'params_hash', 'make_run_id', 'expand_runs', 'share_identical_runs',
+           'link_shared_runs', 'params_mismatch', 'run_state', 'kernel_env', 'execute_run', 'notebook_timing',
+           'has_parameters_cell', 'SweepLockedError', 'StudyLock', 'library_versions', 'git_info', 'detect_gpus',
+           'machine_info', 'write_manifest', 'Progress', 'cell_phases', 'run_phases', 'time_profile',
+           'estimate_seconds', 'run_local', 'run_submitit', 'slurm_partitions', 'slurm_check', 'slurm_parameters',
+           'sbatch_script', 'SlurmTimeLimit', 'slurm_job', 'slurm_states', 'record_job_failure', 'run_slurm',
+           'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table', 'sweep',
+           'SweepStoppedError', 'summary', 'sweep_parser', 'cli_sweep']
 
 # %% ../nbs/31_sweep.ipynb #3dd3fee9
 HASH_EXCLUDE = ('out_dir', 'device')   # where and on what a run executes, not what it computes
@@ -126,10 +127,11 @@ def _read(path):
     try: return read_json(path, dict)
     except (OSError, ValueError): return None
 
+def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
+
 def _metrics_ok(m:dict) -> bool:
     "metrics.json is flat: a finished status and name -> number (or null)."
-    return m.get('status') in FINISHED_STATUSES and all(
-        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for k, v in m.items() if k != 'status')
+    return m.get('status') in FINISHED_STATUSES and all(v is None or _is_number(v) for k, v in m.items() if k != 'status')
 
 def run_state(spec:RunSpec) -> str:
     "'done' (finished, see the rules above), 'failed' (error.txt present) or 'todo'."
@@ -142,7 +144,7 @@ def run_state(spec:RunSpec) -> str:
 
 # %% ../nbs/31_sweep.ipynb #bd396a57
 OUTPUT_FILES = ('run.ipynb', 'metrics.json', 'params.json', 'curves.csv', 'error.txt', 'run_info.json',
-                'metrics.rejected.json', 'run.log')
+                'metrics.rejected.json', 'run.log', 'timings.json')
 PARTIAL = '.run.partial.ipynb'
 
 def kernel_env(threads:int=None, gpu:str=None) -> dict:
@@ -195,7 +197,8 @@ def _execute(spec, d, threads, gpu):
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(spec.notebook, str(d/PARTIAL), parameters=spec.params, cwd=str(d),
-                            log_output=True, progress_bar=False, request_save_on_cell_execute=True)
+                            log_output=True, progress_bar=False, request_save_on_cell_execute=True,
+                            shutdown_kernel='immediate')   # the last cell wrote the run files; a graceful shutdown costs ~2 s a run
     except Exception as e:   # PapermillExecutionError carries the notebook's exception and cell
         head = (f'{e.ename}: {e.evalue} (in notebook cell [{e.exec_count}])' if getattr(e, 'ename', None)
                 else f'{type(e).__name__}: {e}'.strip().splitlines()[0])
@@ -224,6 +227,8 @@ def _execute(spec, d, threads, gpu):
             elif metrics.get('status') not in FINISHED_STATUSES:
                 error = f"the notebook reported status {metrics.get('status')!r}"
     info.update(notebook_timing(d/'run.ipynb'))
+    info.update(experiment=Path(spec.notebook).stem, profile=spec.params.get('profile'),
+                precision=(_read(d/'timings.json') or {}).get('precision'), phases=run_phases(d, info['notebook_wall_s']))
     info['experiment_wall_s'] = (metrics or {}).get('wall_time_s')
     if info['experiment_wall_s'] is not None: info['overhead_s'] = info['notebook_wall_s'] - info['experiment_wall_s']
     info['finished'] = time.time()
@@ -341,12 +346,18 @@ def _dur(s) -> str:
 
 class Progress:
     "Counts of done / running / failed runs and an ETA, printed as plain lines."
-    def __init__(self, total:int, workers:int, stream=None):
+    def __init__(self, total:int, workers:int, stream=None, estimates:dict=None):
         self.total, self.workers, self.stream = total, max(1, workers), stream or sys.stdout
         self.done = self.failed = self.running = 0; self.durations = []; self.t0 = time.time()
+        self.estimates, self.finished = dict(estimates or {}), {}   # run id -> expected / measured seconds
     def eta(self):
         left = self.total - self.done - self.failed
         if not left: return 0.0
+        if self.estimates:   # the runs left, rescaled by how the finished ones compared with their estimates
+            rest = [v for k, v in self.estimates.items() if k not in self.finished]
+            seen = [k for k in self.finished if k in self.estimates]
+            scale = sum(self.finished[k] for k in seen) / sum(self.estimates[k] for k in seen) if seen else 1.0
+            return scale * max(sum(rest) / self.workers, max(rest, default=0.0))
         if not self.durations: return float('nan')
         return sum(self.durations) / len(self.durations) * math.ceil(left / self.workers)
     def status(self) -> str:
@@ -356,12 +367,86 @@ class Progress:
         ok = info.get('status') in ('done', 'skipped')
         self.done += ok; self.failed += not ok
         if info.get('notebook_wall_s') is not None: self.durations.append(info['notebook_wall_s'])
-        wall = info.get('notebook_wall_s'); exp = info.get('experiment_wall_s')
+        wall, exp = info.get('notebook_wall_s'), info.get('experiment_wall_s')
+        self.finished[spec.run_id] = wall if wall is not None else self.estimates.get(spec.run_id, 0.0)
         extra = f', training {exp:.1f} s' if exp is not None else ''
         msg = f'{"ok    " if ok else "FAILED"} {spec.study}/{spec.run_id} ({_dur(wall)}{extra})'
         if not ok: msg += f': {info.get("error", "")}'
         self.print(f'[{self.done + self.failed:>3}/{self.total}] {msg} | {self.status()}')
     def print(self, msg): print(msg, file=self.stream, flush=True)
+
+# %% ../nbs/31_sweep.ipynb #2ba56cc1
+PHASES = {'kernel_start': 'kernel start', 'imports': 'imports', 'data': 'data', 'training': 'training',
+          'evaluation': 'evaluation', 'fid_auroc': 'FID/AUROC', 'run_other': 'other run work', 'figures': 'figures',
+          'writing': 'writing', 'papermill': 'papermill'}
+_CELL_PHASES = (('write_run_outputs(', 'writing'), ('= run(params)', 'run'), ('check_injected(', 'imports'))
+
+def cell_phases(path) -> dict:
+    "Seconds per phase of an executed notebook from papermill's metadata: kernel start, imports, run, figures, writing."
+    from datetime import datetime
+    nb = _read(path)
+    if nb is None or not isinstance(nb.get('cells'), list): return {}
+    cells = [c for c in nb['cells'] if isinstance(c, dict) and (c.get('metadata') or {}).get('papermill', {}).get('start_time')]
+    start, out = nb.get('metadata', {}).get('papermill', {}).get('start_time'), {}
+    if start and cells:
+        first = cells[0]['metadata']['papermill']['start_time']
+        out['kernel_start'] = (datetime.fromisoformat(first) - datetime.fromisoformat(start)).total_seconds()
+    for c in cells:
+        src = c['source'] if isinstance(c['source'], str) else ''.join(c['source'])
+        tagged = {'parameters', 'injected-parameters'} & set(c['metadata'].get('tags', []))
+        phase = next((ph for key, ph in _CELL_PHASES if key in src), 'imports' if tagged else 'figures')
+        out[phase] = out.get(phase, 0.0) + (c['metadata']['papermill'].get('duration') or 0.0)
+    return out
+
+def run_phases(run_dir, notebook_wall_s=None) -> dict:
+    "Where a run's notebook time went: its cells, the `run` cell split by the run's own `timings.json`."
+    d = Path(run_dir)
+    ph, inner = cell_phases(d/'run.ipynb'), (_read(d/'timings.json') or {}).get('seconds')
+    if 'run' in ph:   # a timings.json of another shape (an edited template) only loses the split
+        inner = inner if isinstance(inner, dict) else {}
+        r, inner = ph.pop('run'), {k: float(v) for k, v in inner.items() if k in PHASES and _is_number(v)}
+        ph.update(inner); ph['run_other'] = max(0.0, r - sum(inner.values()))
+    if notebook_wall_s and ph: ph['papermill'] = max(0.0, notebook_wall_s - sum(ph.values()))
+    return {k: round(ph[k], 3) for k in PHASES if k in ph}
+
+def time_profile(infos) -> list:
+    "Closing-summary lines: per experiment, the seconds and share of each phase, summed over its runs."
+    by = {}
+    for i in infos:
+        if i.get('phases'): by.setdefault(i.get('experiment') or '?', []).append(i['phases'])
+    lines = []
+    for exp, rows in sorted(by.items()):
+        tot = {k: sum(r.get(k, 0.0) for r in rows) for k in PHASES}
+        all_s = sum(tot.values()) or 1.0
+        parts = ', '.join(f'{PHASES[k]} {v:.1f} s ({100 * v / all_s:.0f}%)' for k, v in tot.items() if v >= 0.05)
+        lines.append(f'time of {exp} ({len(rows)} run(s), {all_s:.1f} s): {parts}')
+    return lines
+
+# %% ../nbs/31_sweep.ipynb #224fa089
+import statistics
+
+PRIOR_S = {'smoke': 30.0, 'quick': 200.0, 'paper': 36000.0}   # rough notebook seconds of a run when nothing is measured
+
+def _finished_infos(out) -> list:
+    infos = []
+    for f in Path(out).glob('*/*/run_info.json'):
+        i = _read(f)
+        if i and i.get('status') == 'done' and _is_number(i.get('notebook_wall_s')) and i['notebook_wall_s'] > 0: infos.append(i)
+    return infos
+
+def estimate_seconds(runs:list, out) -> dict:
+    "run_id -> expected notebook seconds, from finished runs like it in `out` (median), else `PRIOR_S`."
+    by_label, by_exp = {}, {}
+    for i in _finished_infos(out):
+        by_label.setdefault((i.get('study'), i.get('label')), []).append(i['notebook_wall_s'])
+        by_exp.setdefault((i.get('experiment'), i.get('profile')), []).append(i['notebook_wall_s'])
+    est = {}
+    for r in runs:
+        prof, exp = r.params.get('profile', 'quick'), Path(r.notebook).stem
+        seen = by_label.get((r.study, r.label)) or by_exp.get((exp, prof))
+        est[r.run_id] = (statistics.median(seen) if seen else
+                         PRIOR_S.get(prof, PRIOR_S['quick']) * (3 if r.params.get('with_controls') else 1))
+    return est
 
 # %% ../nbs/31_sweep.ipynb #0664a06b
 def _child_pids(pid:int) -> list:
@@ -745,7 +830,9 @@ def sweep(plans,                  # plan files, or validated Plans
         for p in plans: write_manifest(out, p, [r for r in runs if r.study == p.study], profile, settings)
         say(f'sweep: {len(plans)} stud{"y" if len(plans) == 1 else "ies"}, {len(runs)} runs ({len(skipped)} finished before, '
             f'{len(todo)} to run' + (f', {n_shared} shared with another study' if n_shared else '') + f') | profile {profile} | {executor} executor, {workers} worker(s) x {threads} thread(s) | out {out}')
-        progress = Progress(len(todo), workers, stream)
+        est = estimate_seconds(todo, out)
+        todo.sort(key=lambda r: -est[r.run_id])   # longest first: no worker idles while one long run finishes
+        progress = Progress(len(todo), workers, stream, est)
         def on_result(spec, info):
             infos[spec.run_id] = info
             progress.update(spec, info)
@@ -791,6 +878,7 @@ def summary(res:SweepResult, out) -> str:
                      f'{ov["outside_cells_s_per_run"]:.1f} s kernel start + papermill, '
                      f'{ov["in_cells_not_training_s_per_run"]:.1f} s in cells outside training (imports, data, evaluation, figures); '
                      f'training {ov["experiment_s"]:.1f} s of {ov["notebook_s"]:.1f} s')
+    lines += time_profile([i for i in res.infos.values() if i.get('status') == 'done'])
     by_id = {r.run_id: r for r in res.runs}
     for k, err in res.failed.items():
         r = by_id[k]

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from .core import ParameterError, atomic_write_bytes, in_notebook
+from .core import ParameterError, atomic_write_bytes, autocast, in_notebook
 from .data import ArrayDataset
 
 # %% auto #0
@@ -64,9 +64,16 @@ class TrainResult:
     status: str             # 'ok' or 'diverged'
     message: str            # why it diverged ('' when ok)
     wall_time_s: float      # seconds for the whole run
+    eval_time_s: float = 0.0  # of which in eval_fn
 
     @property
     def ok(self) -> bool: return self.status == 'ok'
+
+    def add_timings(self, timings: dict) -> dict:
+        "Add this result's seconds to a run's phase `timings`: 'training' (steps) and 'evaluation' (eval_fn)."
+        for k, v in (('training', self.wall_time_s - self.eval_time_s), ('evaluation', self.eval_time_s)):
+            timings[k] = timings.get(k, 0.0) + v
+        return timings
 
     def curves(self, run: str = '') -> pd.DataFrame:
         "Both tables in the suite's long format: run, kind ('step'|'epoch'), epoch, step, then metric columns."
@@ -127,6 +134,7 @@ def fit(step_fn: Callable,          # step_fn(x, y, step) -> dict of named value
         grad_clip: float | None = None,     # max gradient norm (None: no clipping)
         params_for_clip=None,       # parameters to clip (None: all parameters of the optimizers)
         sync_every: int | None = None, # convert logged tensors every n steps (None: 1 on CPU, 50 on GPU)
+        precision: str = 'fp32',    # forward passes of step_fn: 'fp32' or 'bf16' (core.autocast)
        ) -> TrainResult:
     "Train with `step_fn` for `epochs` epochs; returns curves, status ('ok'|'diverged') and wall time."
     optimizers, schedulers = _as_list(optimizers), _as_list(schedulers)
@@ -139,12 +147,12 @@ def fit(step_fn: Callable,          # step_fn(x, y, step) -> dict of named value
     per_epoch = steps_per_epoch or len(loader)
     if per_epoch < 1: raise ParameterError("the loader yields no batch per epoch; use a smaller batch_size or drop_last=False")
     clip_params = list(params_for_clip) if params_for_clip is not None else [p for o in optimizers for g in o.param_groups for p in g['params']]
-    if sync_every is None:
-        dev = clip_params[0].device if clip_params else torch.device('cpu')
-        sync_every = 1 if dev.type == 'cpu' else 50
+    dev = clip_params[0].device if clip_params else torch.device('cpu')
+    if sync_every is None: sync_every = 1 if dev.type == 'cpu' else 50
+    amp = autocast(precision, dev)   # checked before the first step
     log, epoch_rows = _StepLog(), []
     bar = make_progress(epochs * per_epoch, desc, progress)
-    status, message, step = 'ok', '', 0
+    status, message, step, t_eval = 'ok', '', 0, 0.0
     t_run = time.perf_counter()
     batches = iter(loader)
     try:
@@ -155,7 +163,7 @@ def fit(step_fn: Callable,          # step_fn(x, y, step) -> dict of named value
                 except StopIteration:
                     batches = iter(loader); x, y = next(batches)
                 step += 1
-                out = step_fn(x, y, step)
+                with amp: out = step_fn(x, y, step)
                 if not isinstance(out, dict) or 'loss' not in out:
                     raise TypeError(f"step_fn must return a dict with key 'loss'; got {type(out).__name__}"
                                     + (f" with keys {list(out)}" if isinstance(out, dict) else ''))
@@ -175,7 +183,7 @@ def fit(step_fn: Callable,          # step_fn(x, y, step) -> dict of named value
             log.flush()
             row = {'epoch': epoch, 'step': step, 'train_loss': _to_float(loss_sum) / max(n_loss, 1)}
             if eval_fn is not None:
-                ev = eval_fn(epoch) or {}
+                t_ev = time.perf_counter(); ev = eval_fn(epoch) or {}; t_eval += time.perf_counter() - t_ev
                 row.update({k: _to_float(v) for k, v in ev.items()})
             row['time_s'] = time.perf_counter() - t_epoch
             row['elapsed_s'] = time.perf_counter() - t_run
@@ -192,7 +200,7 @@ def fit(step_fn: Callable,          # step_fn(x, y, step) -> dict of named value
         first = ['epoch', 'step', 'time_s', 'elapsed_s', 'train_loss']
         epochs_df = epochs_df[first + [c for c in epochs_df.columns if c not in first]]
     if status == 'diverged' and bar is not None: print(f'{desc or "fit"}: diverged: {message}', file=sys.stderr)
-    return TrainResult(steps, epochs_df, status, message, time.perf_counter() - t_run)
+    return TrainResult(steps, epochs_df, status, message, time.perf_counter() - t_run, t_eval)
 
 # %% ../nbs/03_training.ipynb #ccde8466
 @torch.no_grad()
