@@ -47,6 +47,7 @@ class RunSpec:
     key: str = ''     # hash of notebook + complete parameters: equal keys compute the same thing
     alias_of: str = None  # run_dir of an identical run of another study in this sweep (executed once, linked here)
 
+# %% ../nbs/31_sweep.ipynb #b5cef6e4
 def _slug(s: str) -> str: return re.sub(r'[^A-Za-z0-9._=+-]+', '-', s.replace("'", '')).strip('-')
 
 def params_hash(full_params:dict) -> str:
@@ -86,6 +87,7 @@ def expand_runs(plans,          # validated `Plan`s
                                     {**injected, 'out_dir': str(run_dir)}, str(run_dir), f'{nb}:{params_hash(full)}'))
     return share_identical_runs(runs)
 
+# %% ../nbs/31_sweep.ipynb #59c43015
 def share_identical_runs(runs:list) -> list:
     "Let runs with identical parameters (e.g. the control of two studies) be computed once (see below)."
     groups = {}
@@ -100,6 +102,7 @@ def share_identical_runs(runs:list) -> list:
             r.alias_of, r.params = canon.run_dir, {**r.params, 'out_dir': canon.run_dir}
     return runs
 
+# %% ../nbs/31_sweep.ipynb #4a9aff71
 def link_shared_runs(runs:list):
     "Create `<study>/<run-id>` -> `../<other study>/<run-id>` links for shared runs whose run directory exists."
     for r in runs:
@@ -160,6 +163,7 @@ def kernel_env(threads:int=None, gpu:str=None) -> dict:
     env['PYTHONPATH'] = pp if pkg_parent in pp.split(os.pathsep) else os.pathsep.join(filter(None, [pkg_parent, pp]))
     return env
 
+# %% ../nbs/31_sweep.ipynb #25d775ef
 def execute_run(spec:dict,          # a RunSpec as a dict (plain data travels to any worker)
                 force:bool=False,   # redo a finished run
                 threads:int=None,   # torch/OpenMP threads for the kernel
@@ -177,6 +181,7 @@ def execute_run(spec:dict,          # a RunSpec as a dict (plain data travels to
         for f in OUTPUT_FILES + (PARTIAL,): (d/f).unlink(missing_ok=True)
         return _execute(spec, d, threads, gpu)
 
+# %% ../nbs/31_sweep.ipynb #f3f30b7b
 def _execute(spec, d, threads, gpu):
     import papermill as pm
     env = kernel_env(threads, gpu)
@@ -240,6 +245,7 @@ def _execute(spec, d, threads, gpu):
     atomic_write_text(d/'run_info.json', json.dumps(info, indent=2, sort_keys=True, default=str))
     return info
 
+# %% ../nbs/31_sweep.ipynb #a3ecaa61
 def notebook_timing(path) -> dict:
     "From papermill's metadata in an executed notebook: time inside cells, and kernel start-up before the first cell."
     from datetime import datetime
@@ -253,12 +259,12 @@ def notebook_timing(path) -> dict:
         out['kernel_start_s'] = (datetime.fromisoformat(cells[0]['start_time']) - datetime.fromisoformat(start)).total_seconds()
     return out
 
+# %% ../nbs/31_sweep.ipynb #c095500c
 def has_parameters_cell(notebook) -> bool:
     "Whether `notebook` has a cell tagged 'parameters' (where papermill injects values)."
     nb = _read(notebook)
     if nb is None or not isinstance(nb.get('cells'), list): return False
     return any(isinstance(c, dict) and 'parameters' in (c.get('metadata') or {}).get('tags', []) for c in nb['cells'])
-
 
 # %% ../nbs/31_sweep.ipynb #82cb8ef3
 class SweepLockedError(RuntimeError):
@@ -280,6 +286,7 @@ class StudyLock:
     def __enter__(self): return self.acquire()
     def __exit__(self, *a): self.release()
 
+# %% ../nbs/31_sweep.ipynb #d706d1e7
 LIBRARIES = ('contrastive_ablations', 'torch', 'torchvision', 'numpy', 'pandas', 'scipy', 'scikit-learn', 'torch-fidelity',
              'matplotlib', 'seaborn', 'papermill', 'nbclient', 'ipykernel', 'submitit', 'PyYAML')
 
@@ -296,6 +303,7 @@ def _cmd(args, cwd=None):
     try: return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError): return None
 
+# %% ../nbs/31_sweep.ipynb #36d3c28e
 def git_info(path=None) -> dict:
     "Commit and dirtiness of the checkout that holds this package (None outside git)."
     path = path or package_root()
@@ -309,6 +317,7 @@ def detect_gpus() -> list:
     out = _cmd(['nvidia-smi', '-L'])
     return [str(i) for i, l in enumerate(out.splitlines()) if l.startswith('GPU')] if out else []
 
+# %% ../nbs/31_sweep.ipynb #c1217376
 def machine_info() -> dict:
     "Host, OS, CPUs, memory and GPUs of this machine."
     gpus = _cmd(['nvidia-smi', '--query-gpu=name,memory.total', '--format=csv,noheader'])
@@ -398,6 +407,7 @@ def cell_phases(path) -> dict:
         out[phase] = out.get(phase, 0.0) + (c['metadata']['papermill'].get('duration') or 0.0)
     return out
 
+# %% ../nbs/31_sweep.ipynb #0db80593
 def run_phases(run_dir, notebook_wall_s=None) -> dict:
     "Where a run's notebook time went: its cells, the `run` cell split by the run's own `timings.json`."
     d = Path(run_dir)
@@ -467,6 +477,7 @@ def _worker_exit(*_):
         except OSError: pass
     os._exit(143)
 
+# %% ../nbs/31_sweep.ipynb #1db81611
 def _worker_init(gpu_queue, threads):
     try:   # die with the sweep even when it is killed with SIGKILL (Linux)
         import ctypes; ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, int(signal.SIGTERM))
@@ -482,6 +493,7 @@ def _failed(spec, e) -> dict:
     if disk_error(e): raise e   # a full or read-only disk fails every later run too: stop the sweep (see `sweep`)
     return dict(run_id=spec.run_id, study=spec.study, status='failed', error=f'{type(e).__name__}: {e}'[:300])
 
+# %% ../nbs/31_sweep.ipynb #1b76750b
 def run_local(todo:list, workers:int, threads:int, force:bool, progress:Progress, on_result) -> None:
     "Execute `todo` on a local process pool."
     import multiprocessing as mp
@@ -737,6 +749,7 @@ def check_notebook(path, plan_file='<plan>') -> Path:
                         'in settings.ini so nbdev_clean does not strip it).')
     return path
 
+# %% ../nbs/31_sweep.ipynb #e33d957c
 def default_workers() -> int:
     "One worker per GPU, else one per two CPU cores."
     return len(detect_gpus()) or max(1, (os.cpu_count() or 1) // 2)
@@ -752,6 +765,7 @@ class SweepResult:
     @property
     def ok(self) -> bool: return not self.failed
 
+# %% ../nbs/31_sweep.ipynb #79531dfa
 def overhead_summary(infos) -> dict:
     "Share of notebook wall time outside the experiment's own `wall_time_s`, split into outside cells and inside."
     rows = [i for i in infos if i.get('notebook_wall_s') and i.get('experiment_wall_s') is not None]
@@ -774,6 +788,7 @@ def dry_run_table(runs) -> str:
                  + (f'; {n_shared} shared with another study (run once)' if n_shared else ''))
     return '\n'.join(lines)
 
+# %% ../nbs/31_sweep.ipynb #7766586f
 def sweep(plans,                  # plan files, or validated Plans
           out='runs',             # output directory
           profile:str='quick',    # scale profile
@@ -855,6 +870,7 @@ def sweep(plans,                  # plan files, or validated Plans
     say(summary(res, out))
     return res
 
+# %% ../nbs/31_sweep.ipynb #4e36cc4e
 class SweepStoppedError(RuntimeError):
     "The sweep stopped because its output cannot be written (disk full, read-only); finished runs are kept."
 
@@ -868,6 +884,7 @@ def _stopped_message(e, why, infos, skipped, todo, out) -> str:
             f'finished runs are kept (their files are complete).\n'
             f'to resume: free space (or make {out} writable) and run the same command again; it runs only what is missing.')
 
+# %% ../nbs/31_sweep.ipynb #f94b72fb
 def summary(res:SweepResult, out) -> str:
     "Final report of a sweep: counts, failed runs, overhead."
     lines = [f'finished: {len(res.done)} run(s) now, {len(res.skipped)} before, {len(res.failed)} failed']
@@ -906,6 +923,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     g.add_argument('--cpus-per-job', type=int, help="CPUs per Slurm job, also the run's threads (default 4, at most a node's CPUs)")
     return p
 
+# %% ../nbs/31_sweep.ipynb #1a6806a0
 def cli_sweep(argv=None) -> int:
     "Entry point of `contrastive-ablations sweep`; returns the exit status."
     from contrastive_ablations.plans import PlanError
