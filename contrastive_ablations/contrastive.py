@@ -42,6 +42,7 @@ class SmallConvNet(nn.Module):
     def forward(self, x):
         return self.features(_standardise(x)).mean(dim=(2, 3))
 
+# %% ../nbs/22_contrastive.ipynb #dc346584
 class _BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
@@ -55,6 +56,7 @@ class _BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
+# %% ../nbs/22_contrastive.ipynb #01b09707
 class ResNet18Cifar(nn.Module):
     "CIFAR ResNet-18 (3x3 stem, stride 1, no max-pool), global average pool, official CLEL init: [B,C,H,W] -> [B, 512]."
     def __init__(self, in_channels: int = 3, # image channels
@@ -75,6 +77,7 @@ class ResNet18Cifar(nn.Module):
     def forward(self, x):
         return self.blocks(self.stem(_standardise(x))).mean(dim=(2, 3))
 
+# %% ../nbs/22_contrastive.ipynb #6d4e5c0b
 def mlp_head(in_dim: int,      # input features
              hidden_dim: int,  # hidden width
              out_dim: int,     # output width
@@ -190,6 +193,7 @@ def unpatchify(patches: torch.Tensor, # [B,N,p*p*C] from `patchify`
     x = patches.reshape(B, h, w, patch_size, patch_size, channels).permute(0, 5, 1, 3, 2, 4)
     return x.reshape(B, channels, h * patch_size, w * patch_size)
 
+# %% ../nbs/22_contrastive.ipynb #1c18a8b2
 def random_patch_mask(batch_size: int,   # B
                       n_patches: int,    # N
                       mask_ratio: float = 0.75, # fraction of patches hidden
@@ -214,6 +218,7 @@ def mae_loss(pred: torch.Tensor,    # [B,N,P] reconstructed patches
     m = mask.to(per_patch)
     return (per_patch * m).sum() / m.sum().clamp_min(1)
 
+# %% ../nbs/22_contrastive.ipynb #490f3b70
 def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
     "Fixed 2-D sine-cosine position embedding in the MAE layout: [grid*grid, dim], first half column, second half row."
     if dim % 4: raise ValueError(f'dim={dim} must be divisible by 4 for the 2-D sine-cosine embedding')
@@ -233,6 +238,7 @@ def _blocks(dim, depth, heads, mlp_ratio):
                                                batch_first=True, norm_first=True)
     return nn.ModuleList([layer() for _ in range(depth)])
 
+# %% ../nbs/22_contrastive.ipynb #60305738
 class TinyMAE(nn.Module):
     "ViT encoder on visible patches + light transformer decoder predicting all patches."
     def __init__(self, in_channels: int, # image channels
@@ -360,6 +366,7 @@ class SimCLR(ContrastiveFramework):
         with torch.no_grad(): pos = F.cosine_similarity(z1, z2).mean().item()
         return loss, {'loss': loss.item(), 'pos_cos': pos}
 
+# %% ../nbs/22_contrastive.ipynb #cf5639ae
 class MoCo(ContrastiveFramework):
     "MoCo v2: query encoder, EMA key encoder, queue of keys; generated directions are extra negatives."
     name, uses_negatives = 'moco', True
@@ -405,6 +412,7 @@ class MoCo(ContrastiveFramework):
         if self._pending is not None: self.queue.enqueue(self._pending); self._pending = None
         super().after_step()
 
+# %% ../nbs/22_contrastive.ipynb #ce728cd7
 class BYOL(ContrastiveFramework):
     "BYOL: online backbone+projector+predictor regress an EMA target; no negatives (`generated` is ignored)."
     name, uses_negatives = 'byol', False
@@ -448,6 +456,7 @@ class BYOL(ContrastiveFramework):
         ema_update_(self.target_backbone, self.backbone, m); ema_update_(self.target_projector, self.projector, m)
         super().after_step()
 
+# %% ../nbs/22_contrastive.ipynb #9a7668c6
 class MAE(ContrastiveFramework):
     "Masked autoencoder (tiny ViT); latent = fixed orthonormal projection of mean encoder tokens; `generated` is ignored."
     name, uses_negatives = 'mae', False
@@ -500,6 +509,7 @@ class MAE(ContrastiveFramework):
         return torch.optim.AdamW([{'params': decay, 'weight_decay': 0.05}, {'params': no_decay, 'weight_decay': 0.0}],
                                  lr=1e-3 if lr is None else lr, betas=(0.9, 0.95))
 
+# %% ../nbs/22_contrastive.ipynb #32d55343
 _CLASSES = {'simclr': SimCLR, 'byol': BYOL, 'moco': MoCo, 'mae': MAE}
 
 def create_framework(name: str,        # one of FRAMEWORKS
