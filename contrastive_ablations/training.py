@@ -83,6 +83,7 @@ class TrainResult:
         df.insert(0, 'run', run)
         return df[['run', 'kind', 'epoch', 'step'] + [c for c in df.columns if c not in ('run', 'kind', 'epoch', 'step')]]
 
+# %% ../nbs/03_training.ipynb #21637446
 def _as_list(x) -> list:
     if x is None: return []
     return list(x) if isinstance(x, (list, tuple)) else [x]
@@ -120,6 +121,7 @@ class _StepLog:
                 bad = [k for k, v in row.items() if k not in ('epoch', 'step') and not math.isfinite(v)]
                 raise DivergedError(f"loss = {row['loss']} at step {step} (epoch {epoch}); non-finite values: {', '.join(bad)}")
 
+# %% ../nbs/03_training.ipynb #3c3083e4
 def fit(step_fn: Callable,          # step_fn(x, y, step) -> dict of named values with key 'loss' (scalar tensor)
         loader,                     # iterable of (x, y) batches with len(), e.g. a BatchLoader
         epochs: int,                # number of epochs (>= 1)
@@ -248,6 +250,7 @@ def _check_plain(v, where: str):
     elif not isinstance(v, _PLAIN):
         raise TypeError(f'{where} is a {type(v).__name__}; checkpoints hold tensors, numbers, strings, lists and dicts')
 
+# %% ../nbs/03_training.ipynb #04bce833
 def save_checkpoint(path,              # file to write (parent directories are created)
                     model: nn.Module,  # the network whose weights to save
                     **extra):          # more values to store (tensors, numbers, strings, lists, dicts)
