@@ -76,6 +76,7 @@ class ArrayDataset:
         "The images resized to `size`×`size` and converted to `channels` (1: luminance, 3: gray repeated)."
         return replace(self, x=convert_images(self.x, channels, size))
 
+# %% ../nbs/01_data.ipynb #77d4f606
 def stratified_indices(y: torch.Tensor, # labels [N]
                        n: int,          # how many indices to draw
                        seed: int = 0,   # seed of the permutation
@@ -94,6 +95,7 @@ def stratified_indices(y: torch.Tensor, # labels [N]
     chosen = perm[torch.argsort(rank, stable=True)[:n]]
     return torch.sort(chosen).values
 
+# %% ../nbs/01_data.ipynb #1fa6e4eb
 def convert_images(x: torch.Tensor, # images [N,C,H,W] in [0,1]
                    channels: int,   # 1 or 3
                    size: int,       # output height = width
@@ -125,6 +127,7 @@ def _find_idx(dirs, stem: str):
             if (Path(d)/name).is_file(): return Path(d)/name
     return None
 
+# %% ../nbs/01_data.ipynb #2816e8e1
 def _fashion_from_files(dirs, split: str):
     "Images [N,1,28,28] uint8 and labels [N] from IDX files in the first of `dirs` that holds them, else None."
     prefix = 'train' if split == 'train' else 't10k'
@@ -144,6 +147,7 @@ def _how_to_get(name: str, root: Path) -> str:
     return (f"Download it once with load_dataset({name!r}, download=True) (torchvision, needs internet) into {root}, "
             "or copy torchvision's files for it there (set $CONTRASTIVE_ABLATIONS_DATA or pass root= to use another directory).")
 
+# %% ../nbs/01_data.ipynb #d6d29423
 def _torchvision_arrays(name: str, split: str, root: Path, download: bool):
     "Images [N,C,H,W] uint8 and labels [N] through torchvision; missing files -> DatasetNotFoundError."
     from torchvision import datasets as tvd  # imported lazily: torchvision costs seconds to import
@@ -163,6 +167,7 @@ def _torchvision_arrays(name: str, split: str, root: Path, download: bool):
     labels = np.asarray(ds.labels if name == 'svhn' else ds.targets)
     return np.ascontiguousarray(data), labels
 
+# %% ../nbs/01_data.ipynb #e2d3a17c
 def _digits(split: str):
     "scikit-learn digits, 8x8 in [0,16], upsampled to the MNIST layout (20x20 digit in a 28x28 frame)."
     from sklearn.datasets import load_digits
@@ -179,6 +184,7 @@ def _digits(split: str):
     keep = is_test if split == 'test' else ~is_test
     return x[keep].contiguous(), y[keep].contiguous()
 
+# %% ../nbs/01_data.ipynb #9c690335
 def load_dataset(name: str,            # a key of DATASETS, e.g. 'fashion_mnist'
                  split: str = 'train', # 'train' or 'test'
                  root=None,            # directory with the files; None: the system/suite data directories
@@ -275,6 +281,7 @@ def random_crop(x: torch.Tensor,         # images [B,C,H,W]
     c = torch.arange(C, device=x.device)[None, :, None, None]
     return xp[b, c, rows, cols]
 
+# %% ../nbs/01_data.ipynb #99895b10
 def random_hflip(x: torch.Tensor,        # images [B,C,H,W]
                  p: float = 0.5,         # probability of flipping each image
                  generator: torch.Generator | None = None,
@@ -325,6 +332,7 @@ def color_jitter(x: torch.Tensor,        # images [B,C,H,W], C in (1, 3)
         x = torch.einsum('ij,bjhw->bihw', _YIQ2RGB.to(x.device, x.dtype), yiq).clamp(0, 1)
     return x
 
+# %% ../nbs/01_data.ipynb #fb231573
 def random_resized_crop(x: torch.Tensor, # images [B,C,H,W]
                         scale=(0.2, 1.0), # range of the crop's area fraction
                         ratio=(3 / 4, 4 / 3), # range of the crop's aspect ratio w/h
@@ -348,6 +356,7 @@ def random_resized_crop(x: torch.Tensor, # images [B,C,H,W]
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode='bilinear', padding_mode='border', align_corners=False)
 
+# %% ../nbs/01_data.ipynb #841dbcce
 def random_grayscale(x: torch.Tensor, p: float = 0.2, generator: torch.Generator | None = None) -> torch.Tensor:
     "Replace each RGB image by its luminance (3 equal channels) with probability `p`; 1-channel input unchanged."
     _check_batch(x)
@@ -418,6 +427,7 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     k = (x.new_tensor([5.0, 3.0, 1.0]).view(1, 3, 1, 1) + h * 6) % 6
     return v - v * s * torch.minimum(k, 4 - k).clamp(0, 1)
 
+# %% ../nbs/01_data.ipynb #54814896
 def color_jiggle(x: torch.Tensor,          # images [B,C,H,W] in [0,1], C in (1, 3)
                  brightness: float = 0.4,  # b ~ U(1-s, 1+s); adds b - 1
                  contrast: float = 0.4,    # c ~ U(1-s, 1+s); multiplies
@@ -442,6 +452,7 @@ def color_jiggle(x: torch.Tensor,          # images [B,C,H,W] in [0,1], C in (1,
     for i in torch.randperm(4, generator=generator).tolist(): out = ops[i](out)   # one order per batch, as kornia
     return on * out + (1 - on) * x
 
+# %% ../nbs/01_data.ipynb #4072f2f5
 def clel_augment(x: torch.Tensor,         # images [B,C,H,W] in [0,1], C in (1, 3)
                  generator: torch.Generator | None = None,
                  scale=(0.08, 1.0),       # crop area fraction range
