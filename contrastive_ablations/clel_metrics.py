@@ -92,6 +92,7 @@ def check_images(x,                 # the value to check
                              "(clamp generated samples before measuring them)")
     return x
 
+# %% ../nbs/24_clel_metrics.ipynb #e6007e75
 QUANTIZE = ('round255', 'floor256')  # [0,1] -> uint8: round(255x) (a saved PNG), or floor(256x) (the official CLEL code)
 
 def to_uint8(x: torch.Tensor,            # images [N,C,H,W] in [0,1]
@@ -204,6 +205,7 @@ class ClassifierExtractor:
         m.load_state_dict(torch.load(self.path, map_location='cpu', weights_only=True))
         return m.eval().requires_grad_(False)
 
+# %% ../nbs/24_clel_metrics.ipynb #5720da64
 def _meta_path(weights_path) -> Path: return Path(weights_path).with_suffix('.json')
 
 def load_classifier_extractor(path) -> ClassifierExtractor:
@@ -218,6 +220,7 @@ def load_classifier_extractor(path) -> ClassifierExtractor:
         raise CorruptExtractorError(f"FID extractor metadata {mp} is damaged ({why}); delete it and {path.name} to retrain")
     return ClassifierExtractor(path, meta)
 
+# %% ../nbs/24_clel_metrics.ipynb #b713937e
 def save_classifier_extractor(model: FIDFeatureCNN, meta: dict, path) -> ClassifierExtractor:
     "Save weights (atomically) and metadata with the weights' SHA-256; return the record."
     import io
@@ -293,6 +296,7 @@ class TorchFidelityClassifier(FeatureExtractorBase):
         out = {'penultimate': feats.double(), 'logits': self.net.head(F.relu(feats)).double()}
         return tuple(out[k] for k in self.features_list)
 
+# %% ../nbs/24_clel_metrics.ipynb #26393c73
 def register_classifier_extractor() -> str:
     "Register `TorchFidelityClassifier` with torch-fidelity (once per process); return its registry name."
     if CLASSIFIER_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
@@ -377,6 +381,7 @@ def resolve_fid_extractor(extractor, channels: int, size: int, download: bool = 
                              f"{channels}x{size}x{size}; use 'inception'")
     return 'classifier', ext, ext.describe()
 
+# %% ../nbs/24_clel_metrics.ipynb #1a3781cb
 def fid_score(generated: torch.Tensor,   # generated images [N,C,H,W] in [0,1]
               reference: torch.Tensor,   # real images [M,C,H,W] in [0,1] (same C,H,W)
               dataset: str = 'fashion_mnist', # name in data.DATASETS; fixes the expected C,H,W
@@ -471,6 +476,7 @@ def _draw(x: torch.Tensor, n: int, g: torch.Generator, what: str) -> torch.Tenso
     if len(x) < n: log.info(f"OOD set {what!r}: only {len(x)} images available (asked for {n})"); n = len(x)
     return x[torch.randperm(len(x), generator=g)[:n]].clone()
 
+# %% ../nbs/24_clel_metrics.ipynb #280d6535
 def build_ood_sets(dataset: str,        # the in-distribution dataset: a key of OOD_PLANS
                    x_ref: torch.Tensor, # in-distribution (test) images [N,C,H,W] in [0,1] for 'vflip' and 'interp'
                    n: int,              # images per set
@@ -512,6 +518,7 @@ def build_ood_sets(dataset: str,        # the in-distribution dataset: a key of 
         sets[name] = sets[name].clamp_(0, 1).contiguous()
     return sets, skipped
 
+# %% ../nbs/24_clel_metrics.ipynb #2f99e75b
 def ood_sets(dataset: str, x_ref: torch.Tensor, n: int, seed: int = 0, download: bool = True) -> dict:
     "OOD sets for `dataset` as dict name -> images [n,C,H,W] in [0,1]; unavailable ones are skipped with a logged reason."
     return build_ood_sets(dataset, x_ref, n, seed, download)[0]
