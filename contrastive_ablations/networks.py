@@ -44,6 +44,7 @@ class SmallCNN(nn.Module):
         "Logits [B, n_classes]."
         return self.head(self.embed(x))
 
+# %% ../nbs/02_networks.ipynb #751173d3
 def count_parameters(model: nn.Module,             # any module
                      trainable_only: bool = False, # count only parameters with requires_grad (a frozen teacher has none)
                     ) -> int:
@@ -78,6 +79,7 @@ class BasicBlock(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
+# %% ../nbs/02_networks.ipynb #2b0d96fb
 class CifarResNet(nn.Module):
     "ResNet for 32x32 images (depth = 6n+2) with `embed` (pooled features) and a linear `head`."
     def __init__(self, depth: int,            # 6n + 2
@@ -103,6 +105,7 @@ class CifarResNet(nn.Module):
         return F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1).flatten(1)
     def forward(self, x): return self.head(self.embed(x))
 
+# %% ../nbs/02_networks.ipynb #e26fdefb
 class WideBlock(nn.Module):
     "Pre-activation wide-ResNet block: conv(ReLU(BN(conv(ReLU(BN(x)))))) + shortcut."
     def __init__(self, cin: int, cout: int, stride: int = 1, drop: float = 0.0):
@@ -119,6 +122,7 @@ class WideBlock(nn.Module):
         out = self.conv2(out)
         return out + (x if self.shortcut is None else self.shortcut(a))
 
+# %% ../nbs/02_networks.ipynb #4d03b9c6
 class WideResNet(nn.Module):
     "WRN-depth-k for 32x32 images (depth = 6n+4) with `embed` (pooled features) and a linear `head`."
     def __init__(self, depth: int, widen: int, n_classes: int = 100, in_channels: int = 3, drop: float = 0.0):
