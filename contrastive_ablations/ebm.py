@@ -51,6 +51,7 @@ def init_linear_(module: nn.Module, std: float = 0.01):
             if m.bias is not None: nn.init.zeros_(m.bias)
     return module
 
+# %% ../nbs/20_ebm.ipynb #79290303
 class SmallConvTrunk(nn.Module):
     "Conv trunk for small images: per stage one SN conv + LeakyReLU, then 2x2 avg-pool; [B,C,H,W] -> [B,widths[-1]]."
     def __init__(self, in_channels: int = 1,                  # image channels
@@ -66,6 +67,7 @@ class SmallConvTrunk(nn.Module):
         self.net, self.out_dim = nn.Sequential(*layers), c
     def forward(self, x): return self.net(x).mean((2, 3))
 
+# %% ../nbs/20_ebm.ipynb #9c87976b
 class PreActBlock(nn.Module):
     "Pre-activation residual block without normalisation: x + conv(act(conv(act(x)))), 1x1 SN shortcut on width change."
     def __init__(self, cin: int, cout: int, conv_init: str = 'torch'):
