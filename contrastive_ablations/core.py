@@ -197,6 +197,7 @@ def atomic_write_bytes(path, data: bytes):
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
 
+# %% ../nbs/00_core.ipynb #96c0d891
 def atomic_write_text(path, text: str):
     "Write `text` (UTF-8) to `path` atomically."
     atomic_write_bytes(path, text.encode('utf-8'))
@@ -212,6 +213,7 @@ def _jsonable(o):
     if isinstance(o, (tuple, set)): return list(o)
     raise TypeError(f'cannot write {type(o).__name__} to JSON')
 
+# %% ../nbs/00_core.ipynb #f94e6c7f
 def atomic_write_json(path, obj):
     "Write `obj` as indented JSON to `path` atomically."
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + '\n')
