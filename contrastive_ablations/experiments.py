@@ -143,6 +143,7 @@ _DEVICE = Param(str, 'auto', identity=False, doc="'auto', 'cpu', 'cuda' or 'cuda
 _PRECISION = Param(str, 'auto', choices=('auto',) + PRECISIONS,
                    doc="arithmetic of training, SGLD and evaluation: 'fp32', 'bf16' (bfloat16 autocast) or 'auto' (bf16 where native)")
 
+# %% ../nbs/04_experiments.ipynb #910a2d73
 ICKD_KNOBS = dict(
     profile=Param(str, 'quick', choices=PROFILES, doc='scale: smoke (seconds), quick (Fashion-MNIST on a CPU), paper (CIFAR-100 recipe)'),
     dataset=Param(str, 'fashion_mnist', choices=tuple(DATASETS), doc='dataset name'),
