@@ -308,6 +308,7 @@ def run_experiment(progress: bool = True, **params) -> tuple[dict, pd.DataFrame,
     metrics['status'], extras['timings'] = status, timings
     return metrics, pd.concat(curves, ignore_index=True), extras
 
+# %% ../nbs/11_ickd.ipynb #85794f62
 def run(params: dict,           # checked parameters (experiments.check_injected or ICKD.validate)
         progress: bool = True,  # show progress bars
        ) -> tuple[dict, pd.DataFrame, dict]:
