@@ -243,6 +243,7 @@ def find_part(text:str, file='<plan>', field_name='Ablated Part') -> Part:
         raise PlanError(file, field_name, f'{text.strip()!r} is ambiguous: it names {len(parts)} parts: {cands}; name one')
     return parts[0]
 
+# %% ../nbs/30_plans.ipynb #eff4ab0c
 _NUM = re.compile(r'^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$')
 
 def part_value(part:Part, word:str, file='<plan>', field_name='Replacement'):
