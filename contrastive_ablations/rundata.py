@@ -38,6 +38,7 @@ def _number(v) -> float | None:
 def _out_of_range(decl, x: float) -> bool:
     return (decl.lo is not None and x < decl.lo) or (decl.hi is not None and x > decl.hi)
 
+# %% ../nbs/37_rundata.ipynb #dfb4827c
 def read_run(d,  # a run folder
              experiment=None, # its experiments.Experiment: metric values outside their declared range are problems
             ) -> dict:
@@ -179,6 +180,7 @@ def _read_manifest(study_dir: Path, problems: list) -> tuple[dict, dict, dict]:
         else: problems.append(f"{f}: field 'runs[{i}]' is not a run entry (an object with a folder name 'run_id' and 'params')")
     return manifest, plan, listed
 
+# %% ../nbs/37_rundata.ipynb #a5839733
 def _role(p: dict, plan: dict, entry: dict) -> tuple:
     "(role, variant label) of a run: as the sweep recorded it, else from the plan."
     par, v = plan.get('parameter'), p.get(plan.get('parameter'))
