@@ -151,6 +151,7 @@ def _families(study: Study, metrics) -> dict:
     for m in metrics: out.setdefault(m.family or m.name, []).append(m)
     return out
 
+# %% ../nbs/40_report.ipynb #7c1a6724
 def summary_tables(study: Study, per_table: int = 3) -> list[tuple[str, pd.DataFrame]]:
     "(family, table) pairs for the headline metrics: rows = variants; per metric 'mean [95% interval]' (n added when it differs)."
     s, out = summarize(study), []
@@ -169,6 +170,7 @@ def summary_tables(study: Study, per_table: int = 3) -> list[tuple[str, pd.DataF
             out.append((fam, t))
     return out
 
+# %% ../nbs/40_report.ipynb #2b746cd6
 def detail_table(study: Study) -> pd.DataFrame:
     "The plan's other metrics in long format: metric, variant, n, mean and interval."
     head = {m.name for m in headline_metrics(study)}
