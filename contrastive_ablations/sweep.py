@@ -125,6 +125,7 @@ def params_mismatch(injected:dict, used:dict) -> list:
         if not same: bad.append(f'{k}: injected {v!r}, notebook used {u!r}')
     return bad
 
+# %% ../nbs/31_sweep.ipynb #23b45d2a
 def _read(path):
     "A JSON object's content, or None when the file is missing, unreadable or of another shape ([], a string)."
     try: return read_json(path, dict)
