@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import RUN_STATUSES, read_json
+from .core import RUN_STATUSES, read_json, same_value
 
 # %% auto #0
 __all__ = ['STATUS_ORDER', 'read_checked', 'read_run', 'fmt_value', 'find_studies', 'Study', 'experiment_of', 'metric_decl',
@@ -70,15 +70,6 @@ def read_run(d,  # a run folder
     return dict(run_id=d.name, path=str(d), status=status, error=error, params=params, metrics=metrics)
 
 # %% ../nbs/37_rundata.ipynb #3925175f
-def _same(a, b) -> bool:
-    "Equality of parameter values read from JSON/YAML (0.3 == 0.30000000000000004, True == 'true')."
-    if isinstance(a, str) and isinstance(b, (bool, np.bool_)): a, b = b, a
-    if isinstance(a, (bool, np.bool_)) and isinstance(b, str): return str(a).lower() == b.lower()
-    if isinstance(a, (bool, np.bool_)) or isinstance(b, (bool, np.bool_)): return a is b or a == b and type(a) == type(b)
-    if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    return a == b
-
 def fmt_value(v) -> str:
     "A parameter value as the report shows it."
     return f"{v:g}" if isinstance(v, float) else str(v)
@@ -188,10 +179,10 @@ def _role(p: dict, plan: dict, entry: dict) -> tuple:
     if entry.get('role') in ('control', 'ablation'): return entry['role'], fmt_value(v)
     for b in plan.get('baselines') or []:
         bp = b.get('params') if isinstance(b, dict) else None
-        if isinstance(bp, dict) and all(k in p and _same(p[k], x) for k, x in bp.items()) and any(k != par for k in bp):
+        if isinstance(bp, dict) and all(k in p and same_value(p[k], x) for k, x in bp.items()) and any(k != par for k in bp):
             return 'baseline', str(b.get('label') or ', '.join(f"{k}={fmt_value(x)}" for k, x in bp.items()))
     if v is None: return 'unknown', '?'
-    return ('control' if 'control' in plan and _same(v, plan['control']) else 'ablation'), fmt_value(v)
+    return ('control' if 'control' in plan and same_value(v, plan['control']) else 'ablation'), fmt_value(v)
 
 def _variant_order(runs: pd.DataFrame, plan: dict) -> list:
     "Numeric values in increasing order; categorical: control, then the plan's order; baselines last."
