@@ -28,6 +28,7 @@ def _sync(device):
 
 
 def _autocast(device, bf16: bool):
+    # not core.autocast: that refuses bf16 where the device has no native bfloat16, and this check forces it on purpose
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
@@ -59,13 +60,29 @@ def _batches(n: int, batch: int, n_classes: int, device, channels_last: bool, se
     return out
 
 
-def ickd_check(device, bf16: bool, a) -> dict:
-    "Teacher (CE + gated intra-class loss) and student (KD) iterations of the ICKD paper profile."
+def _ickd_setup(device, a):
+    "Checked paper-profile ICKD parameters and recipe (batch size overridden for the CPU smoke test), seed 0."
     p = ICKD.validate({'profile': 'paper', 'dataset': 'cifar100', 'device': str(device)})
     cfg = ickd.profile_config('paper', 'cifar100')
     if a.batch: cfg = replace(cfg, batch_size=a.batch)
-    fmt = torch.channels_last if bf16 else torch.contiguous_format
     torch.manual_seed(0)
+    return p, cfg
+
+
+def _clel_setup(device, a, sgld_steps=None):
+    "Checked paper-profile CLEL parameters and recipe (batch size, SGLD steps overridden for the CPU smoke test), seed 0."
+    p = CLEL.validate({'profile': 'paper', 'dataset': 'cifar10', 'device': str(device)})
+    cfg = clel.profile_config('paper', 'cifar10')
+    over = {k: v for k, v in (('batch_size', a.batch), ('sgld_steps', sgld_steps)) if v}
+    cfg = replace(cfg, **over)
+    torch.manual_seed(0)
+    return p, cfg
+
+
+def ickd_check(device, bf16: bool, a) -> dict:
+    "Teacher (CE + gated intra-class loss) and student (KD) iterations of the ICKD paper profile."
+    p, cfg = _ickd_setup(device, a)
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
     teacher = create_model(cfg.teacher_arch, n_classes=100, in_channels=3).to(device, memory_format=fmt)
     student = create_model(cfg.student_arch, n_classes=100, in_channels=3).to(device, memory_format=fmt)
     crit = ickd.make_criterion(teacher, 100, p)
@@ -96,10 +113,7 @@ def ickd_check(device, bf16: bool, a) -> dict:
 
 def ickd_loss_agreement(device, a) -> float:
     "Relative difference of the teacher loss (same weights, batch and augmentation draws) between fp32 and bf16."
-    p = ICKD.validate({'profile': 'paper', 'dataset': 'cifar100', 'device': str(device)})
-    cfg = ickd.profile_config('paper', 'cifar100')
-    if a.batch: cfg = replace(cfg, batch_size=a.batch)
-    torch.manual_seed(0)
+    p, cfg = _ickd_setup(device, a)
     model = create_model(cfg.teacher_arch, n_classes=100, in_channels=3).to(device).eval()   # eval: fixed BN statistics
     crit = ickd.make_criterion(model, 100, p)
     x, y = _batches(1, cfg.batch_size, 100, device, False)[0]
@@ -112,11 +126,7 @@ def ickd_loss_agreement(device, a) -> float:
 
 def clel_check(device, bf16: bool, a) -> dict:
     "One CLEL paper-profile iteration: SGLD (60 steps), EBM + SimCLR losses, one backward, both optimisers, EMA."
-    p = CLEL.validate({'profile': 'paper', 'dataset': 'cifar10', 'device': str(device)})
-    cfg = clel.profile_config('paper', 'cifar10')
-    over = {k: v for k, v in (('batch_size', a.batch), ('sgld_steps', a.sgld_steps)) if v}
-    cfg = replace(cfg, **over)
-    torch.manual_seed(0)
+    p, cfg = _clel_setup(device, a, a.sgld_steps)
     tr = clel.build_trainer(p, cfg, device, torch.Generator().manual_seed(0))
     if bf16: tr.model.to(memory_format=torch.channels_last)
     data = _batches(4, cfg.batch_size, 10, device, bf16)
@@ -138,10 +148,7 @@ def clel_check(device, bf16: bool, a) -> dict:
 
 def clel_loss_agreement(device, a) -> float:
     "Relative difference of the CLEL loss (same weights, positives, negatives and views) between fp32 and bf16."
-    p = CLEL.validate({'profile': 'paper', 'dataset': 'cifar10', 'device': str(device)})
-    cfg = clel.profile_config('paper', 'cifar10')
-    if a.batch: cfg = replace(cfg, batch_size=a.batch)
-    torch.manual_seed(0)
+    p, cfg = _clel_setup(device, a)
     tr = clel.build_trainer(p, cfg, device, torch.Generator().manual_seed(0))
     m = tr.model.eval()   # eval: no power iteration and fixed BN statistics, so both passes see the same function
     x = _batches(4, cfg.batch_size, 10, device, False)
