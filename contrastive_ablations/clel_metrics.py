@@ -30,8 +30,8 @@ __all__ = ['log', 'QUANTIZE', 'FMNIST_MEAN', 'FMNIST_STD', 'ARCH_VERSION', 'EXTR
            'check_images', 'to_uint8', 'UInt8Images', 'FIDFeatureCNN', 'train_feature_cnn', 'CorruptExtractorError',
            'ClassifierExtractor', 'load_classifier_extractor', 'save_classifier_extractor', 'get_fmnist_extractor',
            'TorchFidelityClassifier', 'register_classifier_extractor', 'extract_features', 'inception_candidates',
-           'find_inception_weights', 'inception_unavailable_reason', 'resolve_fid_extractor', 'fid_score', 'auroc',
-           'score_images', 'ood_aurocs', 'build_ood_sets', 'ood_sets']
+           'find_inception_weights', 'inception_unavailable_reason', 'resolve_fid_extractor', 'fid_score',
+           'reference_cache', 'auroc', 'score_images', 'ood_aurocs', 'build_ood_sets', 'ood_sets']
 
 # %% ../nbs/24_clel_metrics.ipynb #2a2d6b17
 def feature_statistics(feats, # features [N,D], N >= 2
@@ -391,6 +391,7 @@ def fid_score(generated: torch.Tensor,   # generated images [N,C,H,W] in [0,1]
               download: bool = True,     # allow downloading the Inception weights
               verbose: bool = False,     # torch-fidelity's progress output
               quantize: str = 'round255', # uint8 conversion of both image sets, see QUANTIZE
+              cache_reference: bool = True, # keep the reference's feature statistics on disk (see below)
              ) -> dict:
     "FID through torch-fidelity: dict(fid, extractor, n_generated, n_reference)."
     info = _dataset_info(dataset)
@@ -406,13 +407,23 @@ def fid_score(generated: torch.Tensor,   # generated images [N,C,H,W] in [0,1]
         if min(len(g), len(r)) <= obj.feature_dim:
             log.warning(f'FID with {min(len(g), len(r))} samples and {obj.feature_dim}-d features: the covariance is '
                         'rank-deficient and FID is strongly biased upwards; use more samples')
+    if cache_reference: kw.update(reference_cache(r, desc))
     dev = get_device(device)
     with torch.autocast(dev.type, enabled=False):   # the extractor is the ruler: float32 whatever the run's precision
         metrics = torch_fidelity.calculate_metrics(
             input1=UInt8Images(g), input2=UInt8Images(r), fid=True, feature_extractor_weights_path=str(obj.path if kind == 'classifier' else obj),
-            cuda=dev.type == 'cuda', batch_size=batch_size, save_cpu_ram=True, cache=False, verbose=verbose, **kw)
+            cuda=dev.type == 'cuda', batch_size=batch_size, save_cpu_ram=True, verbose=verbose, **{'cache': False, **kw})
     return dict(fid=float(metrics['frechet_inception_distance']), extractor=desc,
                 n_generated=len(g), n_reference=len(r))
+
+# %% ../nbs/24_clel_metrics.ipynb #6d2f1b4c
+def reference_cache(reference: torch.Tensor,  # quantised reference images [M,C,H,W] (uint8)
+                    extractor_desc: str,      # the extractor's description (names its weights)
+                   ) -> dict:
+    "torch-fidelity keyword arguments that cache the reference's FID statistics under a content hash."
+    h = hashlib.sha256(extractor_desc.encode())
+    h.update(str(tuple(reference.shape)).encode()); h.update(reference.contiguous().numpy().tobytes())
+    return dict(cache=True, cache_root=str(cache_dir() / 'fid_statistics'), input2_cache_name=f'ref-{h.hexdigest()[:24]}')
 
 # %% ../nbs/24_clel_metrics.ipynb #94f2aeca
 def _scores(s, name: str) -> np.ndarray:
