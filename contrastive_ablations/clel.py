@@ -26,7 +26,7 @@ from .training import fit, DivergedError, TrainResult
 # %% auto #0
 __all__ = ['OFFICIAL_RECIPE', 'SUITE_ONLY', 'DEVIATIONS', 'CURVE_COLUMNS', 'CLELConfig', 'profile_config', 'deviations_table',
            'make_buffer_augment', 'make_view_augment', 'refresh_spectral_norm_', 'CLELModel', 'build_clel', 'evaluate',
-           'CLELTrainer', 'build_trainer', 'sample_grid_png', 'plot_curves', 'run_experiment', 'run']
+           'CLELTrainer', 'build_trainer', 'sample_grid_png', 'plot_curves', 'run_experiment', 'run', 'fid_curve']
 
 # %% ../nbs/23_clel.ipynb #4604e83d
 @dataclass
@@ -52,7 +52,7 @@ class CLELConfig:
     sgld_noise: float = 0.001
     sgld_grad_clip: float | None = None  # None: no clipping
     buffer_size: int = 1000
-    reinit_prob: float = 0.02
+    reinit_prob: float = 0.2           # short runs: a fifth of each batch starts from noise (official 0.001)
     buffer_augment: str = 'flip'       # augmentation of drawn buffer images: 'none', 'flip', 'crop_flip', 'simclr', 'clel'
     buffer_replace: bool = True        # buffer draws with replacement (official: False, distinct chains)
     sgld_train_mode: bool = False      # sample with the EBM in train mode: a spectral-norm power iteration per forward (official)
@@ -67,7 +67,7 @@ class CLELConfig:
     energy_limit: float = 1e4          # |mean energy| beyond this = diverged
     fid_n_samples: int = 1000          # generated images for FID
     fid_n_reference: int = 5000        # real test images for FID
-    fid_source: str = 'buffer'         # 'fresh' chains of the EMA EBM or 'buffer' (chains continued by the EMA EBM)
+    fid_source: str = 'fresh'          # 'fresh' chains of the EMA EBM (official) or 'buffer' (chains continued by the EMA EBM)
     fresh_rounds: int = 3              # fresh chains run fresh_rounds * sgld_steps steps
     fresh_reaugment: bool = False      # re-initialise (reinit_prob) and augment the chains before each round (official)
     fid_quantize: str = 'round255'     # uint8 conversion for FID: 'round255' or 'floor256' (official)
@@ -125,7 +125,8 @@ DEVIATIONS = {  # field: (why, {profile: its value})
     'sgld_steps': (_CPU + '; SGLD dominates the cost of an iteration', {'smoke': 3, 'quick': 15}),
     'buffer_size': ('quick, a short run: 300 iterations × 64 draws visit each of 1 000 chains ≈ 19 times (10 000 chains: ≈ 2)',
                     {'smoke': 64, 'quick': 1000}),
-    'reinit_prob': ('short runs: restarts keep noise-to-data chains in the training signal', {'smoke': 0.02, 'quick': 0.02}),
+    'reinit_prob': ('short runs: a fifth of each batch restarts from noise, so the EBM learns the path from noise to '
+                    'data and its fresh chains generate (see the curve at the end)', {'smoke': 0.2, 'quick': 0.2}),
     'buffer_augment': (_KEPT, {'smoke': 'flip', 'quick': 'flip'}),
     'buffer_replace': (_KEPT, {'smoke': True, 'quick': True}),
     'sgld_train_mode': (_KEPT + '; eval mode keeps one fixed energy along each chain', {'smoke': False, 'quick': False}),
@@ -140,8 +141,6 @@ DEVIATIONS = {  # field: (why, {profile: its value})
     'fid_n_samples': (_CPU + '; FID is biased upward at small n: compare within a profile only', {'smoke': 100, 'quick': 1000}),
     'fid_n_reference': ('the reference is the test split (the official final FID uses the 50 000 training images)',
                         {'smoke': 100, 'quick': 5000, 'paper': 10000}),
-    'fid_source': ('fresh chains of the quick EBM stay noise-like (see the closing note); its studies compare buffer FIDs',
-                   {'quick': 'buffer'}),
     'fresh_rounds': (_CPU, {'smoke': 1, 'quick': 3}),
     'fresh_reaugment': (_KEPT, {'smoke': False, 'quick': False}),
     'fid_quantize': ('round(255x) is what a saved PNG holds; it differs from floor(256x) by at most one level; ' + _KEPT,
@@ -480,3 +479,37 @@ def run(params: dict,  # checked parameters (experiments.check_injected or CLEL.
                                                          title=f'{head}: EMA EBM fresh chains from noise')
     timings = {'precision': resolve_precision(p['precision'], info['device']), 'seconds': extras['timings']}
     return metrics, curves, {**artifacts, 'metrics_info.json': info, 'timings.json': timings}
+
+# %% ../nbs/23_clel.ipynb #c2a1d8f3
+def fid_curve(params: dict,          # checked parameters (CLEL.validate)
+              every: int = 50,       # iterations between two measurements (the last iteration is always measured)
+              n_samples: int = 500,  # generated images per FID (the run's own FID uses fid_n_samples)
+             ) -> tuple[pd.DataFrame, torch.Tensor]:
+    "Train one run; the EMA model's fresh and buffer FID every `every` iterations: (DataFrame, last fresh samples)."
+    from contrastive_ablations.clel_metrics import fid_score
+    p, cfg = _resolve(params)
+    device, gen = get_device(p['device']), seed_everything(p['seed'])
+    train, test = load_dataset(p['dataset'], 'train', download=cfg.download), load_dataset(p['dataset'], 'test', download=cfg.download)
+    if cfg.n_train is not None: train = train.subset(cfg.n_train, seed=p['seed'])
+    tr = build_trainer(p, cfg, device, gen)
+    g_eval = torch.Generator().manual_seed(p['seed'] + 2)   # the measurements never draw from the training generator
+    ref = test.x[torch.randperm(len(test.x), generator=g_eval)[:cfg.fid_n_reference]]
+    ev_cfg, rows, last = replace(cfg, fid_n_samples=n_samples), [], None
+    def measure(step):
+        nonlocal last
+        tr.after_step(step)
+        if step % every and step != cfg.iterations: return
+        buf = copy.copy(tr.sampler.buffer); buf.gen = g_eval           # shares the chains, reads them only
+        ev = copy.copy(tr.sampler); ev.buffer, ev.gen, ev.train_mode = buf, g_eval, False
+        was = tr.model.ema_ebm.training
+        refresh_spectral_norm_(tr.model.ema_ebm, test.x[:64].to(device)); tr.model.ema_ebm.eval()
+        with autocast(p['precision'], device): samples, _ = _samples_by_source(tr.model, ev, ev_cfg, g_eval)
+        tr.model.ema_ebm.train(was)
+        fid = {s: fid_score(samples[s], ref, cfg.dataset, extractor=cfg.fid_extractor, device=str(device),
+                            quantize=cfg.fid_quantize)['fid'] for s in ('fresh', 'buffer')}
+        rows.append(dict(iteration=step, fid_fresh=fid['fresh'], fid_buffer=fid['buffer'])); last = samples['fresh']
+    res = fit(tr.step_fn, BatchLoader(train, cfg.batch_size, seed=p['seed'], device=device), cfg.epochs, tr.optimizers,
+              tr.schedulers, after_step=measure, steps_per_epoch=cfg.steps_per_epoch, precision=p['precision'], progress=False)
+    if not res.ok: raise DivergedError(res.message)
+    df = pd.DataFrame(rows)
+    return df.assign(ratio=df.fid_fresh / df.fid_buffer), last
