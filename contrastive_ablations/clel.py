@@ -68,7 +68,7 @@ class CLELConfig:
     fid_n_samples: int = 1000          # generated images for FID
     fid_n_reference: int = 5000        # real test images for FID
     fid_source: str = 'fresh'          # 'fresh' chains of the EMA EBM (official) or 'buffer' (chains continued by the EMA EBM)
-    fresh_rounds: int = 3              # fresh chains run fresh_rounds * sgld_steps steps
+    fresh_rounds: int = 4              # fresh chains run fresh_rounds * sgld_steps steps
     fresh_reaugment: bool = False      # re-initialise (reinit_prob) and augment the chains before each round (official)
     fid_quantize: str = 'round255'     # uint8 conversion for FID: 'round255' or 'floor256' (official)
     fid_extractor: str = 'auto'        # see clel_metrics.fid_score
@@ -141,7 +141,7 @@ DEVIATIONS = {  # field: (why, {profile: its value})
     'fid_n_samples': (_CPU + '; FID is biased upward at small n: compare within a profile only', {'smoke': 100, 'quick': 1000}),
     'fid_n_reference': ('the reference is the test split (the official final FID uses the 50 000 training images)',
                         {'smoke': 100, 'quick': 5000, 'paper': 10000}),
-    'fresh_rounds': (_CPU, {'smoke': 1, 'quick': 3}),
+    'fresh_rounds': (_CPU, {'smoke': 1, 'quick': 4}),
     'fresh_reaugment': (_KEPT, {'smoke': False, 'quick': False}),
     'fid_quantize': ('round(255x) is what a saved PNG holds; it differs from floor(256x) by at most one level; ' + _KEPT,
                      {'smoke': 'round255', 'quick': 'round255'}),
