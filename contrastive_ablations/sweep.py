@@ -185,6 +185,7 @@ def execute_run(spec:dict,          # a RunSpec as a dict (plain data travels to
 # %% ../nbs/31_sweep.ipynb #f3f30b7b
 def _execute(spec, d, threads, gpu):
     import papermill as pm
+    from contrastive_ablations.forkserver import fork_kernel_manager
     env = kernel_env(threads, gpu)
     old_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -204,7 +205,8 @@ def _execute(spec, d, threads, gpu):
     try:
         pm.execute_notebook(spec.notebook, str(d/PARTIAL), parameters=spec.params, cwd=str(d),
                             log_output=True, progress_bar=False, request_save_on_cell_execute=True,
-                            shutdown_kernel='immediate')   # the last cell wrote the run files; a graceful shutdown costs ~2 s a run
+                            shutdown_kernel='immediate',   # the last cell wrote the run files; a graceful shutdown costs ~2 s a run
+                            kernel_manager_class=fork_kernel_manager())   # forked where this worker has a fork server
     except Exception as e:   # PapermillExecutionError carries the notebook's exception and cell
         head = (f'{e.ename}: {e.evalue} (in notebook cell [{e.exec_count}])' if getattr(e, 'ename', None)
                 else f'{type(e).__name__}: {e}'.strip().splitlines()[0])
@@ -489,6 +491,9 @@ def _worker_init(gpu_queue, threads):
     if gpu is not None: os.environ['CUDA_VISIBLE_DEVICES'] = str(gpu)
     if threads:
         for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[k] = str(threads)
+    # kernels forked from a preloaded process: a run's kernel starts without importing torch again (forkserver)
+    from contrastive_ablations.forkserver import start_fork_server
+    start_fork_server(kernel_env(threads, gpu))
 
 def _failed(spec, e) -> dict:
     if disk_error(e): raise e   # a full or read-only disk fails every later run too: stop the sweep (see `sweep`)
