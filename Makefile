@@ -15,7 +15,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 PROFILE ?= quick
 # seeds per value: empty = each plan's own `seeds`; SEEDS=N overrides them (the results pages say which)
 SEEDS ?=
-WORKERS ?= 2
+WORKERS ?=
 RUNS ?= runs/$(PROFILE)
 SITE ?= _site
 PORT ?= 8888
@@ -66,7 +66,7 @@ browser: katex
 # ---- the main job ----------------------------------------------------------------------------
 ablations: venv data fid-extractor
 	$(BIN)/python -m contrastive_ablations sweep plans/*.yaml --profile $(PROFILE) $(if $(SEEDS),--seeds $(SEEDS)) \
-	  --workers $(WORKERS) --out $(RUNS)
+	  $(if $(WORKERS),--workers $(WORKERS)) --out $(RUNS)
 	$(MAKE) --no-print-directory site
 	$(BIN)/python -m contrastive_ablations report $(RUNS)
 

@@ -757,8 +757,10 @@ def check_notebook(path, plan_file='<plan>') -> Path:
 
 # %% ../nbs/31_sweep.ipynb #e33d957c
 def default_workers() -> int:
-    "One worker per GPU, else one per two CPU cores."
-    return len(detect_gpus()) or max(1, (os.cpu_count() or 1) // 2)
+    "One worker per GPU, else one single-threaded worker per CPU core."
+    # measured on 2 cores (benchmarks/bench_workers.py): 2 runs x 1 thread do 1.2x (ICKD teacher step) and
+    # 1.6x (SGLD) the work of 1 run x 2 threads; the suite's small networks do not keep two threads busy
+    return len(detect_gpus()) or max(1, os.cpu_count() or 1)
 
 @dataclass
 class SweepResult:
@@ -800,7 +802,7 @@ def sweep(plans,                  # plan files, or validated Plans
           profile:str='quick',    # scale profile
           studies=None,           # only these studies
           seeds:int=None,         # override the plans' seeds with range(seeds)
-          workers:int=None,       # parallel runs (default: one per GPU, else cores // 2)
+          workers:int=None,       # parallel runs (default: one per GPU, else one per core)
           executor:str='local',   # 'local' | 'slurm' | 'submitit-local'
           dry_run:bool=False,     # list the runs and their state, run nothing
           force:bool=False,       # redo finished runs
@@ -917,7 +919,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument('--profile', default='quick', choices=PROFILES, help='scale profile (default quick)')
     p.add_argument('--seeds', type=int, help="number of seeds (overrides the plans' seeds)")
     p.add_argument('--out', default='runs', help='output directory (default runs)')
-    p.add_argument('--workers', type=int, help='parallel runs (default: one per GPU, else cores/2); with --executor slurm '
+    p.add_argument('--workers', type=int, help='parallel runs (default: one per GPU, else one per core); with --executor slurm '
                    'the most array tasks running at once (default: no limit)')
     p.add_argument('--executor', default='local', choices=('local', 'slurm', 'submitit-local'))
     p.add_argument('--dry-run', action='store_true', help='list every run and whether it is done (with --executor slurm also the #SBATCH lines); run nothing')

@@ -31,3 +31,11 @@ def test_bench_precision_smoke(tmp_path):
 def test_bench_clel_iter_smoke():
     res = _load('bench_clel_iter').main(['--profile', 'smoke', '--iters', '1', '--rounds', '1', '--warmup', '1', '--threads', '1'])
     assert res['suite_s_per_iter'] > 0 and res['plain_s_per_iter'] > 0 and res['precision'] == 'auto'
+
+
+@pytest.mark.slow
+def test_bench_workers_smoke(tmp_path):
+    res = _load('bench_workers').main(['--smoke', '--cores', '2', '--json', str(tmp_path/'w.json')])
+    assert set(res) == {'ickd_teacher', 'sgld_small'}
+    assert all(set(v) == {'1x2', '2x1'} and min(v.values()) > 0 for v in res.values())
+    assert json.loads((tmp_path/'w.json').read_text())['cores'] == 2
