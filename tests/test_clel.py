@@ -270,3 +270,15 @@ def test_gpu_check_cpu_path(tmp_path):
             for role in roles:
                 v = rep[name][prec][role] if role else rep[name][prec]
                 assert v['it_per_s'] > 0 and v['full_run_h'] > 0 and v['last_loss_finite'], (name, prec, v)
+
+
+def test_fid_curve_measures_without_changing_the_training(monkeypatch):
+    "fid_curve's measurements draw from their own generator: its training losses are those of an ordinary run."
+    import contrastive_ablations.clel as C
+    p = CLEL.validate({'profile': 'smoke', 'framework': 'simclr', 'device': 'cpu', 'iterations': 6})
+    results, fit = [], C.fit
+    monkeypatch.setattr(C, 'fit', lambda *a, **k: results.append(fit(*a, **k)) or results[-1])
+    curve, last = C.fid_curve(p, every=3, n_samples=100)
+    C.run_experiment(**p)
+    assert list(curve.iteration) == [3, 6] and last.shape == (100, 1, 28, 28)
+    assert results[0].steps['loss'].tolist() == results[1].steps['loss'].tolist()
