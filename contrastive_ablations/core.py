@@ -17,7 +17,7 @@ import numpy as np
 __all__ = ['PROFILES', 'PRECISIONS', 'RUN_STATUSES', 'ParameterError', 'Param', 'validate_params', 'same_value', 'check_profile',
            'get_device', 'seed_everything', 'native_bf16', 'resolve_precision', 'autocast', 'timed',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json', 'write_run_outputs',
-           'cache_dir', 'data_dir', 'in_notebook', 'package_root', 'LockedError', 'file_lock']
+           'metrics_problems', 'cache_dir', 'data_dir', 'in_notebook', 'package_root', 'LockedError', 'file_lock']
 
 # %% ../nbs/00_core.ipynb #83e6f34c
 PROFILES = ('smoke', 'quick', 'paper')  # scale profiles: seconds, a laptop CPU, the papers' recipes on a GPU
@@ -267,6 +267,24 @@ def write_run_outputs(out_dir,        # the run's directory
         else: atomic_write_json(out_dir/name, content)
     atomic_write_json(out_dir/'metrics.json', flat)
     return out_dir
+
+# %% ../nbs/00_core.ipynb #b8d5f2e3
+def metrics_problems(m: dict,                 # the content of a metrics.json
+                     where='metrics.json',    # how the messages name the file
+                     decl=None,               # name -> a declaration with `lo`/`hi` (experiments.Metric), or None
+                    ) -> list[str]:
+    "What makes a metrics.json unusable: a status that is not a run status, values that are not numbers or lie outside their range."
+    problems, status = [], m.get('status', 'ok')
+    if status not in RUN_STATUSES:
+        problems.append(f"{where}: field 'status' = {str(status)[:40]!r} is not one of {', '.join(RUN_STATUSES)}")
+    for k, v in m.items():
+        if k == 'status' or v is None: continue
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            problems.append(f"{where}: field {k!r} = {str(v)[:40]!r} is not a number"); continue
+        d = decl(k) if decl is not None and math.isfinite(v) else None
+        if d is not None and ((d.lo is not None and v < d.lo) or (d.hi is not None and v > d.hi)):
+            problems.append(f"{where}: field {k!r} = {v:g} is outside its range [{d.lo}, {d.hi}]")
+    return problems
 
 # %% ../nbs/00_core.ipynb #a6c9a1c1
 def cache_dir() -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import RUN_STATUSES, read_json, same_value
+from .core import RUN_STATUSES, metrics_problems, read_json, same_value
 
 # %% auto #0
 __all__ = ['STATUS_ORDER', 'read_checked', 'read_run', 'fmt_value', 'find_studies', 'Study', 'experiment_of', 'metric_decl',
@@ -52,15 +52,8 @@ def read_run(d,  # a run folder
         if why: problems.append(why)
         else:
             status = m.get('status', 'ok')
-            if status not in RUN_STATUSES:
-                problems.append(f"{d/'metrics.json'}: field 'status' = {str(status)[:40]!r} is not one of {', '.join(RUN_STATUSES)}")
-            for k, v in m.items():
-                if k == 'status': continue
-                x = _number(v)
-                if x is None: problems.append(f"{d/'metrics.json'}: field {k!r} = {str(v)[:40]!r} is not a number")
-                elif experiment is not None and math.isfinite(x) and _out_of_range(decl := metric_decl(experiment, k), x):
-                    problems.append(f"{d/'metrics.json'}: field {k!r} = {x:g} is outside its range [{decl.lo}, {decl.hi}]")
-                metrics[k] = float('nan') if x is None else x
+            problems += metrics_problems(m, d/'metrics.json', None if experiment is None else lambda k: metric_decl(experiment, k))
+            metrics = {k: float('nan') if (x := _number(v)) is None else x for k, v in m.items() if k != 'status'}
     try: err = (d/'error.txt').read_text(encoding='utf-8', errors='replace').strip() if (d/'error.txt').is_file() else ''
     except OSError as e: err = f"{d/'error.txt'}: cannot be read ({e.strerror or e})"
     last = [l for l in err.splitlines() if l.strip()]

@@ -9,7 +9,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .core import (PROFILES, LockedError, atomic_write_text, file_lock, package_root, read_json,
+from .core import (PROFILES, LockedError, atomic_write_text, file_lock, metrics_problems, package_root, read_json,
                                         same_value)
 from .safeio import check_writable, disk_error
 
@@ -134,8 +134,8 @@ def _read(path):
 def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 def _metrics_ok(m:dict) -> bool:
-    "metrics.json is flat: a finished status and name -> number (or null)."
-    return m.get('status') in FINISHED_STATUSES and all(v is None or _is_number(v) for k, v in m.items() if k != 'status')
+    "A finished status and nothing that `core.metrics_problems` objects to (a value outside its range is the report's to show)."
+    return m.get('status') in FINISHED_STATUSES and not metrics_problems(m)
 
 def run_state(spec:RunSpec) -> str:
     "'done' (finished, see the rules above), 'failed' (error.txt present) or 'todo'."
