@@ -36,6 +36,7 @@ def wait_for_exit(pid: int, poll: float = 0.2):
 def _become_kernel(req: dict, fds: list):
     "In the forked child: take over the launcher's stdio, environment and folder, then run ipykernel (never returns)."
     try:
+        os.setsid()   # a session of its own, as Jupyter gives every kernel: the scheduler shares the CPU per session
         for i, fd in enumerate(fds[:3]): os.dup2(fd, i)
         for fd in fds: os.close(fd)
         os.environ.clear(); os.environ.update(req['env'])
