@@ -469,14 +469,15 @@ def run_experiment(**params) -> tuple[dict, pd.DataFrame, dict]:
 # %% ../nbs/23_clel.ipynb #eaf5bc24
 def run(params: dict,  # checked parameters (experiments.check_injected or CLEL.validate)
        ) -> tuple[dict, pd.DataFrame, dict]:
-    "The experiment protocol: (metrics, curves, artifacts): samples.png, samples_fresh.png (evaluated runs), metrics_info.json, timings.json."
+    "The experiment protocol: (metrics, curves, artifacts): samples.png (the FID's source), samples_fresh.png or samples_buffer.png (the other source, evaluated runs), metrics_info.json, timings.json."
     metrics, curves, extras = run_experiment(**params)
     p, info = extras['params'], extras['info']
     head = f"{p['framework']}, norm_direction={p['norm_direction']}"
     artifacts = {'samples.png': sample_grid_png(extras['samples'], title=f"{head}: {info['samples_png']}")}
-    if 'fresh' in extras['samples_by_source']:
-        artifacts['samples_fresh.png'] = sample_grid_png(extras['samples_by_source']['fresh'],
-                                                         title=f'{head}: EMA EBM fresh chains from noise')
+    other = {'fresh': 'buffer', 'buffer': 'fresh'}[extras['config'].fid_source]   # samples.png shows the FID's source
+    if other in extras['samples_by_source']:
+        what = 'EMA EBM fresh chains from noise' if other == 'fresh' else 'buffer chains continued by the EMA EBM'
+        artifacts[f'samples_{other}.png'] = sample_grid_png(extras['samples_by_source'][other], title=f'{head}: {what}')
     timings = {'precision': resolve_precision(p['precision'], info['device']), 'seconds': extras['timings']}
     return metrics, curves, {**artifacts, 'metrics_info.json': info, 'timings.json': timings}
 

@@ -95,7 +95,7 @@ def test_ablation_notebook_smoke_all_frameworks_and_variant(tmp_path):
     for (fw, nd), r in zip(runs, results):
         d = tmp_path / f'{fw}_{nd}' / 'out'
         assert r.returncode == 0, (fw, nd, r.stderr[-3000:])
-        assert {'metrics.json', 'curves.csv', 'params.json', 'samples.png', 'samples_fresh.png', 'metrics_info.json'} <= \
+        assert {'metrics.json', 'curves.csv', 'params.json', 'samples.png', 'samples_buffer.png', 'metrics_info.json'} <= \
                {p.name for p in d.iterdir()}
         m = json.loads((d / 'metrics.json').read_text())
         assert FIXED_KEYS <= set(m) and m['status'] == 'ok', (fw, nd, m)
@@ -120,7 +120,7 @@ def test_divergence_is_a_result(tmp_path, monkeypatch):
     assert 'energy_limit' in artifacts['metrics_info.json']['status_message']
     write_run_outputs(params['out_dir'], params, m, curves, artifacts)
     assert (tmp_path / 'samples.png').is_file() and (tmp_path / 'metrics_info.json').is_file()
-    assert 'samples_fresh.png' not in artifacts and m['fid_fresh'] != m['fid_fresh']   # no fresh chains of a diverged run
+    assert not {'samples_fresh.png', 'samples_buffer.png'} & set(artifacts) and m['fid_fresh'] != m['fid_fresh']   # no fresh chains of a diverged run
     assert list(curves.columns) == CURVE_COLUMNS
 
 
