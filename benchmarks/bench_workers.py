@@ -6,7 +6,7 @@ work than fewer runs with more threads? The suite's hot steps, each in its own p
 
 For W workers x T threads (W * T = the cores), W processes run the step at the same time with T threads each;
 throughput = W / (median seconds per step). Configurations alternate in rounds, so that load changes hit all
-alike. The sweep's default (`sweep.default_workers`, `sweep.threads_per_worker`) follows the winner.
+alike. The sweep's default (`sweep.default_workers`: one single-threaded worker per core) follows the winner.
 
     python benchmarks/bench_workers.py            # a minute or two on 2 cores
     python benchmarks/bench_workers.py --smoke    # seconds (CI)

@@ -287,24 +287,31 @@ def _samples_by_source(model: CLELModel, sampler: SGLDSampler, cfg: CLELConfig, 
                                  f'continued for {sampler.n_steps} SGLD steps under the EMA EBM')
     return samples, info
 
+def _ema_fids(model: CLELModel, sampler: SGLDSampler, cfg: CLELConfig, ref: torch.Tensor, g: torch.Generator, device,
+              probe: torch.Tensor,  # images for the spectral norm's refresh (its power iteration needs forward passes)
+             ) -> tuple[dict, dict, dict]:
+    "FID of the EMA EBM's fresh and buffer chains against `ref`, sampled in eval mode: ({source: fid_score dict}, info, samples)."
+    from contrastive_ablations.clel_metrics import fid_score
+    sampler = copy.copy(sampler); sampler.train_mode = False   # evaluation samples in eval mode, as the official code
+    refresh_spectral_norm_(model.ema_ebm, probe.to(device))
+    model.ema_ebm.eval()
+    samples, info = _samples_by_source(model, sampler, cfg, g)
+    fids = {src: fid_score(samples[src], ref, cfg.dataset, extractor=cfg.fid_extractor, device=str(device), quantize=cfg.fid_quantize)
+            for src in ('fresh', 'buffer')}
+    return fids, info, samples
+
 # %% ../nbs/23_clel.ipynb #fdb775d1
 def evaluate(model: CLELModel, sampler: SGLDSampler, cfg: CLELConfig, test_x: torch.Tensor, seed: int, device) -> tuple[dict, dict, dict]:
     "FID (fresh and buffer chains) and OOD AUROCs of the EMA model: (metrics, info strings, {'fresh', 'buffer'}: samples)."
-    from contrastive_ablations.clel_metrics import fid_score, build_ood_sets, ood_aurocs
-    metrics, info = {}, {}
+    from contrastive_ablations.clel_metrics import build_ood_sets, ood_aurocs
     g = torch.Generator().manual_seed(seed + 1)
-    sampler = copy.copy(sampler); sampler.train_mode = False   # evaluation samples in eval mode, as the official code
-    refresh_spectral_norm_(model.ema_ebm, test_x[:64].to(device))
-    model.ema_ebm.eval()
     if model.ema_encoder is not None: model.ema_encoder.eval()
     # FID of both sources; `fid` is the one cfg.fid_source names
     ref = test_x[torch.randperm(len(test_x), generator=g)[:cfg.fid_n_reference]]
-    samples, sinfo = _samples_by_source(model, sampler, cfg, g)
-    info.update(sinfo)
-    for src in ('fresh', 'buffer'):
-        fid = fid_score(samples[src], ref, cfg.dataset, extractor=cfg.fid_extractor, device=str(device), quantize=cfg.fid_quantize)
-        metrics[f'fid_{src}'] = fid['fid']
-        if src == cfg.fid_source: metrics.update(fid=fid['fid'], fid_n_samples=fid['n_generated'])
+    fids, info, samples = _ema_fids(model, sampler, cfg, ref, g, device, test_x[:64])
+    fid = fids[cfg.fid_source]
+    metrics = {f'fid_{src}': f['fid'] for src, f in fids.items()}
+    metrics.update(fid=fid['fid'], fid_n_samples=fid['n_generated'])
     info.update(fid_source=info[f'fid_{cfg.fid_source}_source'], fid_extractor=fid['extractor'],
                 fid_n_reference=str(fid['n_reference']), fid_reference='test split')
     # OOD
@@ -487,7 +494,6 @@ def fid_curve(params: dict,          # checked parameters (CLEL.validate)
               n_samples: int = 500,  # generated images per FID (the run's own FID uses fid_n_samples)
              ) -> tuple[pd.DataFrame, torch.Tensor]:
     "Train one run; the EMA model's fresh and buffer FID every `every` iterations: (DataFrame, last fresh samples)."
-    from contrastive_ablations.clel_metrics import fid_score
     p, cfg = _resolve(params)
     device, gen = get_device(p['device']), seed_everything(p['seed'])
     train, test = load_dataset(p['dataset'], 'train', download=cfg.download), load_dataset(p['dataset'], 'test', download=cfg.download)
@@ -501,14 +507,11 @@ def fid_curve(params: dict,          # checked parameters (CLEL.validate)
         tr.after_step(step)
         if step % every and step != cfg.iterations: return
         buf = copy.copy(tr.sampler.buffer); buf.gen = g_eval           # shares the chains, reads them only
-        ev = copy.copy(tr.sampler); ev.buffer, ev.gen, ev.train_mode = buf, g_eval, False
+        ev = copy.copy(tr.sampler); ev.buffer, ev.gen = buf, g_eval
         was = tr.model.ema_ebm.training
-        refresh_spectral_norm_(tr.model.ema_ebm, test.x[:64].to(device)); tr.model.ema_ebm.eval()
-        with autocast(p['precision'], device): samples, _ = _samples_by_source(tr.model, ev, ev_cfg, g_eval)
+        with autocast(p['precision'], device): fids, _, samples = _ema_fids(tr.model, ev, ev_cfg, ref, g_eval, device, test.x[:64])
         tr.model.ema_ebm.train(was)
-        fid = {s: fid_score(samples[s], ref, cfg.dataset, extractor=cfg.fid_extractor, device=str(device),
-                            quantize=cfg.fid_quantize)['fid'] for s in ('fresh', 'buffer')}
-        rows.append(dict(iteration=step, fid_fresh=fid['fresh'], fid_buffer=fid['buffer'])); last = samples['fresh']
+        rows.append(dict(iteration=step, fid_fresh=fids['fresh']['fid'], fid_buffer=fids['buffer']['fid'])); last = samples['fresh']
     res = fit(tr.step_fn, BatchLoader(train, cfg.batch_size, seed=p['seed'], device=device), cfg.epochs, tr.optimizers,
               tr.schedulers, after_step=measure, steps_per_epoch=cfg.steps_per_epoch, precision=p['precision'], progress=False)
     if not res.ok: raise DivergedError(res.message)

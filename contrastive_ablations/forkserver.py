@@ -13,9 +13,11 @@ __all__ = ['SOCKET_ENV', 'DISABLE_ENV', 'PRELOAD', 'WARM', 'SERVERS', 'wait_for_
 # %% ../nbs/33_forkserver.ipynb #f004a1b2
 SOCKET_ENV = 'CONTRASTIVE_ABLATIONS_FORK_SERVER'   # the socket of this process's fork server (set by `start_fork_server`)
 DISABLE_ENV = 'CONTRASTIVE_ABLATIONS_FORK_KERNELS'  # '0' starts every kernel the ordinary way
-PRELOAD = ('numpy', 'pandas', 'torch', 'torch._dynamo', 'torch.optim', 'matplotlib', 'ipykernel.kernelapp',
-           'contrastive_ablations.ickd', 'contrastive_ablations.clel', 'contrastive_ablations.clel_metrics',
-           'contrastive_ablations.core', 'contrastive_ablations.experiments', 'contrastive_ablations.safeio')
+
+def _switched_off() -> bool: return os.environ.get(DISABLE_ENV, '1') == '0'
+# torch._dynamo: the first optimiser imports it; the experiment modules import numpy, pandas, torch and the rest
+PRELOAD = ('torch._dynamo', 'matplotlib', 'ipykernel.kernelapp',
+           'contrastive_ablations.ickd', 'contrastive_ablations.clel', 'contrastive_ablations.clel_metrics')
 WARM = (('fashion_mnist', 'train'), ('fashion_mnist', 'test'), ('digits', 'test'))   # data kept in memory (copy-on-write)
 
 # %% ../nbs/33_forkserver.ipynb #f006a1b2
@@ -105,7 +107,7 @@ def start_fork_server(env: dict | None = None,  # environment of the server and 
                       timeout: float = 120,     # seconds to wait for the preloading
                      ) -> str | None:
     "Start a fork server for this process (it dies with it); sets and returns its socket path, None where unavailable."
-    if os.environ.get(DISABLE_ENV, '1') == '0' or not hasattr(os, 'fork') or not hasattr(socket, 'send_fds'): return None
+    if _switched_off() or not hasattr(os, 'fork') or not hasattr(socket, 'send_fds'): return None
     import atexit, subprocess
     path = os.path.join(tempfile.mkdtemp(prefix='ca-fork-'), 'kernels.sock')
     def die_with_parent():
@@ -136,7 +138,7 @@ def fork_kernel_manager() -> type:
             def format_kernel_cmd(self, extra_arguments=None) -> list:
                 cmd = super().format_kernel_cmd(extra_arguments)
                 path = os.environ.get(SOCKET_ENV)
-                if not path or not os.path.exists(path) or os.environ.get(DISABLE_ENV, '1') == '0': return cmd
+                if not path or not os.path.exists(path) or _switched_off(): return cmd
                 return [sys.executable, '-m', 'contrastive_ablations.forkserver', 'launch', path, self.connection_file]
         _MANAGER = ForkKernelManager
     return _MANAGER

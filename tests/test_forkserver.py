@@ -8,7 +8,7 @@ import papermill as pm
 import pytest
 
 from contrastive_ablations import forkserver as fs
-from contrastive_ablations.sweep import kernel_env
+from contrastive_ablations.sweep import _child_pids, kernel_env
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not hasattr(os, 'fork'), reason='fork servers need fork (Linux, macOS)')
@@ -56,21 +56,16 @@ def test_smoke_run_gives_the_same_metrics_forked_and_ordinary(server, tmp_path, 
     assert metrics['forked'] == metrics['ordinary']
 
 
-def _children(pid):
-    return [int(p.parent.name) for p in Path('/proc').glob('[0-9]*/stat')
-            if p.read_text().rsplit(')', 1)[1].split()[1] == str(pid)]
-
-
 @pytest.mark.skipif(not Path('/proc').is_dir(), reason='reads /proc')
 def test_kernel_exits_when_its_launcher_is_killed(server, tmp_path):
     from jupyter_client.connect import write_connection_file
     conn, _ = write_connection_file(str(tmp_path / 'kernel.json'))
-    before = set(_children(fs.SERVERS[server].pid))
+    before = set(_child_pids(fs.SERVERS[server].pid))
     launcher = subprocess.Popen([sys.executable, '-m', 'contrastive_ablations.forkserver', 'launch', server, conn],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
-    while not (set(_children(fs.SERVERS[server].pid)) - before) and time.monotonic() < deadline: time.sleep(0.05)
-    kernels = set(_children(fs.SERVERS[server].pid)) - before
+    while not (set(_child_pids(fs.SERVERS[server].pid)) - before) and time.monotonic() < deadline: time.sleep(0.05)
+    kernels = set(_child_pids(fs.SERVERS[server].pid)) - before
     assert len(kernels) == 1, kernels
     kernel = kernels.pop()
     launcher.send_signal(signal.SIGKILL); launcher.wait()   # what Jupyter's immediate shutdown does
