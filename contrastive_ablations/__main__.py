@@ -12,12 +12,14 @@ COMMANDS = {  # subcommand -> (module, function taking argv and returning an exi
     'sweep': ('contrastive_ablations.sweep', 'cli_sweep'),
     'report': ('contrastive_ablations.report', 'cli_report'),
     'site': ('contrastive_ablations.site', 'cli_site'),
+    'export': ('contrastive_ablations.export', 'cli_export'),
 }
-USAGE = '''usage: contrastive-ablations {sweep,report,site} [options]
+USAGE = '''usage: contrastive-ablations {sweep,report,site,export} [options]
 
   sweep PLAN...   run ablation plans (plans/*.yaml or markdown "Ablation Plan"s) through papermill
   report RUNS     print the tables of a runs directory
   site            build the documentation site with the results
+  export          write the runs to MLflow (export mlflow RUNS) or to one table (export parquet RUNS)
 
 `contrastive-ablations COMMAND --help` describes a command's options.'''
 

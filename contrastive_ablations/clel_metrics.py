@@ -4,7 +4,7 @@
 
 # %% ../nbs/24_clel_metrics.ipynb #cddbeffb
 from __future__ import annotations
-import hashlib, logging, os, socket, time, urllib.request
+import contextlib, hashlib, io, logging, os, socket, threading, time, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,24 +14,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch_fidelity
+import torch_fidelity.feature_extractor_inceptionv3 as _tf_inception
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_featuresdict_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from .core import (ParameterError, atomic_write_bytes, atomic_write_json, cache_dir, file_lock,
-                                        get_device, read_json)
+from . import cache
+from .core import ParameterError, atomic_write_bytes, atomic_write_json, cache_dir, get_device, read_json
 from .experiments import DATASETS, OOD_PLANS
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'QUANTIZE', 'FMNIST_MEAN', 'FMNIST_STD', 'ARCH_VERSION', 'EXTRACTOR_PRESETS', 'CLASSIFIER_EXTRACTOR',
-           'INCEPTION_EXTRACTOR', 'INCEPTION_FILE', 'feature_statistics', 'frechet_distance', 'fid_from_features',
-           'check_images', 'to_uint8', 'UInt8Images', 'FIDFeatureCNN', 'train_feature_cnn', 'CorruptExtractorError',
-           'ClassifierExtractor', 'load_classifier_extractor', 'save_classifier_extractor', 'get_fmnist_extractor',
-           'TorchFidelityClassifier', 'register_classifier_extractor', 'extract_features', 'inception_candidates',
-           'find_inception_weights', 'inception_unavailable_reason', 'resolve_fid_extractor', 'fid_score',
-           'reference_cache', 'auroc', 'score_images', 'ood_aurocs', 'build_ood_sets', 'ood_sets']
+__all__ = ['log', 'QUANTIZE', 'FMNIST_MEAN', 'FMNIST_STD', 'ARCH_VERSION', 'EXTRACTOR_PRESETS', 'EXTRACTOR_FLOORS',
+           'CUSTOM_FLOOR', 'SPOT_CHECK_N', 'EXTRACTOR_KEEP', 'CLASSIFIER_EXTRACTOR', 'INCEPTION_EXTRACTOR',
+           'INCEPTION_FILE', 'INCEPTION_SHA256', 'INCEPTION_BYTES', 'SAFE_INCEPTION_EXTRACTOR', 'FID_STATISTICS_KEEP',
+           'feature_statistics', 'frechet_distance', 'fid_from_features', 'check_images', 'to_uint8', 'UInt8Images',
+           'FIDFeatureCNN', 'fp32_context', 'train_feature_cnn', 'CorruptExtractorError', 'ClassifierExtractor',
+           'load_classifier_extractor', 'save_classifier_extractor', 'get_fmnist_extractor', 'TorchFidelityClassifier',
+           'register_classifier_extractor', 'extract_features', 'InceptionWeightsError', 'check_inception_weights',
+           'inception_candidates', 'find_inception_weights', 'inception_unavailable_reason', 'SafeInceptionV3',
+           'register_safe_inception', 'resolve_fid_extractor', 'fid_feature_extractor', 'fid_statistics', 'fid_score',
+           'reference_spec', 'load_statistics', 'statistics_problem', 'reference_statistics', 'auroc', 'score_images',
+           'ood_aurocs', 'build_ood_sets', 'ood_sets']
 
 # %% ../nbs/24_clel_metrics.ipynb #2a2d6b17
 def feature_statistics(feats, # features [N,D], N >= 2
@@ -135,37 +142,55 @@ class FIDFeatureCNN(nn.Module):
     def forward(self, x): return self.head(F.relu(self.embed(x)))  # logits [B,n_classes]
 
 # %% ../nbs/24_clel_metrics.ipynb #7d4e46d4
+@contextlib.contextmanager
+def fp32_context():
+    "float32 on one thread, gradients on, no autocast on any device, the caller's random state kept: where cached artefacts are computed."
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # the thread count changes how float sums are split, and so the trained weights
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad(), \
+             torch.autocast('cpu', enabled=False), torch.autocast('cuda', enabled=False):
+            yield
+    finally: torch.set_num_threads(threads)
+
+_HASHES: dict = {}   # (id, data_ptr, version of x and y) -> (x, y, hash); holding x and y keeps their ids unique
+
 def _data_hash(x: torch.Tensor, y: torch.Tensor) -> str:
-    "Short SHA-256 of quantised images and labels: identifies the exact training data."
-    h = hashlib.sha256(to_uint8(x).numpy().tobytes()); h.update(y.numpy().astype(np.int64).tobytes())
-    return h.hexdigest()[:16]
+    "Short SHA-256 of quantised images and labels: identifies the exact training data (memoised per tensor)."
+    k = (id(x), x.data_ptr(), tuple(x.shape), x._version, id(y), y.data_ptr(), y._version)
+    if k not in _HASHES:
+        h = hashlib.sha256(to_uint8(x).numpy().tobytes()); h.update(y.numpy().astype(np.int64).tobytes())
+        if len(_HASHES) >= 8: _HASHES.clear()
+        _HASHES[k] = (x, y, h.hexdigest()[:16])
+    return _HASHES[k][2]
 
 def train_feature_cnn(x_train: torch.Tensor, y_train: torch.Tensor, # training images [N,1,28,28] in [0,1], labels [N]
                       x_test: torch.Tensor, y_test: torch.Tensor,   # held-out images and labels for the accuracy
                       widths: tuple = (16, 32), feature_dim: int = 128,
                       epochs: int = 2, batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
                      ) -> tuple[FIDFeatureCNN, dict]:
-    "Train `FIDFeatureCNN`; return (model in eval mode on the CPU, metadata dict with the test accuracy)."
+    "Train `FIDFeatureCNN` in `fp32_context()`; return (model in eval mode on the CPU, metadata dict with the test accuracy)."
     check_images(x_train, 'x_train', channels=1, size=28, min_n=batch_size)
     if epochs < 1: raise ParameterError(f"parameter 'epochs' = {epochs!r}; valid: an int >= 1")
     from contrastive_ablations.data import ArrayDataset, BatchLoader
     from contrastive_ablations.training import accuracy, fit
-    torch.manual_seed(seed)
-    model = FIDFeatureCNN(widths, feature_dim, int(y_train.max()) + 1)
-    classes = list(range(model.head.out_features))
-    loader = BatchLoader(ArrayDataset(x_train, y_train, classes, 'FID extractor training set'), batch_size, seed=seed, device='cpu')
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
-    t0, c0 = time.time(), time.process_time(); model.train()
-    res = fit(lambda x, y, step: {'loss': F.cross_entropy(model(x), y)}, loader, epochs, opt, sched, progress=False)
-    train_s, cpu_s = time.time() - t0, time.process_time() - c0
-    model.eval().requires_grad_(False)
-    meta = dict(arch='FIDFeatureCNN', arch_version=ARCH_VERSION, widths=list(widths), feature_dim=feature_dim,
-                n_classes=model.head.out_features, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                n_train=len(x_train), n_test=len(x_test), train_data_hash=_data_hash(x_train, y_train),
-                test_accuracy=accuracy(model, ArrayDataset(x_test, y_test, classes), 'cpu'), train_time_s=round(train_s, 2),
-                train_cpu_s=round(cpu_s, 2), torch_threads=torch.get_num_threads(),
-                final_train_loss=float(res.steps['loss'].iloc[-1]), torch_version=torch.__version__)
+    with fp32_context():
+        torch.manual_seed(seed)
+        model = FIDFeatureCNN(widths, feature_dim, int(y_train.max()) + 1)
+        classes = list(range(model.head.out_features))
+        loader = BatchLoader(ArrayDataset(x_train, y_train, classes, 'FID extractor training set'), batch_size, seed=seed, device='cpu')
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(loader))
+        t0, c0 = time.time(), time.process_time(); model.train()
+        res = fit(lambda x, y, step: {'loss': F.cross_entropy(model(x), y)}, loader, epochs, opt, sched, progress=False)
+        train_s, cpu_s = time.time() - t0, time.process_time() - c0
+        model.eval().requires_grad_(False)
+        meta = dict(arch='FIDFeatureCNN', arch_version=ARCH_VERSION, widths=list(widths), feature_dim=feature_dim,
+                    n_classes=model.head.out_features, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                    n_train=len(x_train), n_test=len(x_test), train_data_hash=_data_hash(x_train, y_train),
+                    test_accuracy=accuracy(model, ArrayDataset(x_test, y_test, classes), 'cpu'), train_time_s=round(train_s, 2),
+                    train_cpu_s=round(cpu_s, 2), torch_threads=torch.get_num_threads(), precision='fp32',
+                    final_train_loss=float(res.steps['loss'].iloc[-1]), torch_version=torch.__version__)
     return model, meta
 
 # %% ../nbs/24_clel_metrics.ipynb #d1a01930
@@ -173,9 +198,13 @@ EXTRACTOR_PRESETS = {
     'full': dict(widths=(16, 32), feature_dim=128, epochs=2, n_train=None, batch_size=128),  # None: whole training set
     'tiny': dict(widths=(8, 16), feature_dim=64, epochs=3, n_train=2000, batch_size=50),
 }
+EXTRACTOR_FLOORS = {'full': 0.8, 'tiny': 0.6}  # test accuracy a preset must reach (measured: 89.7 % and 77.4 %; chance 10 %)
+CUSTOM_FLOOR = 0.2    # a preset with epochs or n_train overridden (e.g. a test's quick extractor): twice chance
+SPOT_CHECK_N = 1000   # test images classified again whenever a cached extractor is read
+EXTRACTOR_KEEP = 8    # cached extractors kept (the most recently used)
 
 class CorruptExtractorError(RuntimeError):
-    "A cached FID extractor whose files are damaged; the message names the file."
+    "A cached FID extractor whose files are damaged, or that fails its accuracy check; the message names the file."
 
 @dataclass
 class ClassifierExtractor:
@@ -231,42 +260,85 @@ def save_classifier_extractor(model: FIDFeatureCNN, meta: dict, path) -> Classif
     return ClassifierExtractor(path, meta)
 
 # %% ../nbs/24_clel_metrics.ipynb #2cf61f4a
+@dataclass
+class _Trained:
+    "A freshly trained extractor, before it is stored (what `get_or_compute` validates first)."
+    model: FIDFeatureCNN
+    meta: dict
+    def load_model(self): return self.model
+
+def _extractor_code_version() -> str:
+    "Hash of the source of everything that computes an extractor's weights (from the installed package)."
+    import contrastive_ablations.clel_metrics as m, contrastive_ablations.data as d, contrastive_ablations.training as t
+    return cache.source_hash(m.FIDFeatureCNN, m.fp32_context, m.train_feature_cnn, t.fit, t.accuracy, d.BatchLoader)
+
+def _extractor_problem(ext, spec: dict, floor: float, check) -> str | None:
+    "Why the extractor `ext` (stored or fresh) must not be used for `spec`, or None."
+    m, cfg = ext.meta, spec['config']
+    if not isinstance(m.get('test_accuracy'), (int, float)) or not m['test_accuracy'] >= floor:
+        return f"recorded test accuracy {m.get('test_accuracy')!r} is below the floor {floor:.0%} (chance: 10%)"
+    want = dict(widths=list(cfg['widths']), feature_dim=cfg['feature_dim'], epochs=cfg['epochs'],
+                batch_size=cfg['batch_size'], seed=spec['seed'], train_data_hash=spec['train_data'])
+    diff = [k for k, v in want.items() if m.get(k) != v]
+    if diff: return f"its metadata describes another recipe ({', '.join(f'{k}={m.get(k)!r}' for k in diff)})"
+    from contrastive_ablations.training import accuracy
+    with fp32_context():
+        acc = accuracy(ext.load_model(), check, 'cpu')
+    if acc < floor: return f'its weights classify {acc:.1%} of {len(check)} test images, below the floor {floor:.0%}'
+    return None
+
+_EXTRACTORS: dict = {}   # entry folder -> (ClassifierExtractor, file stamps): read and checked once per process
+
+def _stamp(ext) -> tuple:
+    return tuple((s.st_size, s.st_mtime_ns, s.st_ino) for s in (Path(ext.path).stat(), _meta_path(ext.path).stat()))
+
 def get_fmnist_extractor(preset: str = 'full',          # 'full' (reported FIDs) or 'tiny' (demos, tests)
-                         train_if_missing: bool = True, # train (and cache) when no cached copy exists
+                         train_if_missing: bool = True, # train (and cache) when no valid cached copy exists
                          seed: int = 0,                 # training seed (part of the cache key)
                          epochs: int | None = None,     # override the preset's epochs
                          n_train: int | None = None,    # override the preset's training-set size
                          verbose: bool = True,          # log when training starts and ends
                         ) -> ClassifierExtractor:
-    "The cached Fashion-MNIST FID classifier for `preset`, trained on the real training set when missing."
+    "The cached Fashion-MNIST FID classifier for `preset` (checked), trained in fp32 on the real training set when missing or invalid."
     if preset not in EXTRACTOR_PRESETS:
         raise ParameterError(f"parameter 'preset' = {preset!r}; valid: {', '.join(map(repr, EXTRACTOR_PRESETS))}")
     cfg = dict(EXTRACTOR_PRESETS[preset])
     if epochs is not None: cfg['epochs'] = epochs
     if n_train is not None: cfg['n_train'] = n_train
-    w, d = cfg['widths'], cfg['feature_dim']
-    stem = (f"fmnist_cnn_v{ARCH_VERSION}_w{w[0]}-{w[1]}_d{d}_e{cfg['epochs']}_n{cfg['n_train'] or 'all'}_b{cfg['batch_size']}_s{seed}")
-    folder = cache_dir() / 'fid_extractors'; folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f'{stem}.pt'
-    with file_lock(folder / f'{stem}.lock'):   # two runs never train the same extractor at once
-        if path.is_file() and _meta_path(path).is_file():
-            try: return load_classifier_extractor(path)
-            except CorruptExtractorError as e:   # e.g. a truncated metadata file after a full disk: train it again
-                if not train_if_missing: raise
-                log.warning(f'{e}: training it again')
-        if not train_if_missing:
-            raise FileNotFoundError(f"no cached FID extractor {path}; call get_fmnist_extractor({preset!r}, "
-                                    "train_if_missing=True) to train it once (a few minutes on a CPU for 'full')")
-        from contrastive_ablations.data import load_dataset
-        tr, te = load_dataset('fashion_mnist', 'train'), load_dataset('fashion_mnist', 'test')
-        if cfg['n_train'] is not None and cfg['n_train'] < len(tr): tr = tr.subset(cfg['n_train'], seed=seed)
-        if verbose: log.warning(f"training the '{preset}' Fashion-MNIST FID extractor on {len(tr)} images (once; cached at {path})")
-        model, meta = train_feature_cnn(tr.x, tr.y, te.x, te.y, widths=w, feature_dim=d, epochs=cfg['epochs'],
-                                        batch_size=cfg['batch_size'], seed=seed)
-        meta['preset'] = preset
-        ext = save_classifier_extractor(model, meta, path)
-        if verbose: log.warning(f"trained {ext.describe()} in {meta['train_time_s']:.0f} s")
-        return ext
+    floor = EXTRACTOR_FLOORS[preset] if cfg == EXTRACTOR_PRESETS[preset] else CUSTOM_FLOOR
+    from contrastive_ablations.data import ArrayDataset, load_dataset
+    tr, te = load_dataset('fashion_mnist', 'train'), load_dataset('fashion_mnist', 'test')
+    if cfg['n_train'] is not None and cfg['n_train'] < len(tr): tr = tr.subset(cfg['n_train'], seed=seed)
+    lr = 3e-3   # train_feature_cnn's default
+    spec = dict(what='Fashion-MNIST FID feature classifier', preset=preset, config=cfg, lr=lr, seed=seed,
+                train_data=_data_hash(tr.x, tr.y), test_data=_data_hash(te.x, te.y), arch_version=ARCH_VERSION,
+                code=_extractor_code_version(), precision='fp32', libraries=cache.library_versions('torch'))
+    key = str(cache.entry_path('fid_extractors', spec))   # the cache root is part of it: $CONTRASTIVE_ABLATIONS_CACHE may change
+    if key in _EXTRACTORS:
+        ext, stamp = _EXTRACTORS[key]
+        try:
+            if _stamp(ext) == stamp: return ext
+        except OSError: pass
+    check = ArrayDataset(te.x[:SPOT_CHECK_N], te.y[:SPOT_CHECK_N], list(range(10)), 'FID extractor spot check')
+    def compute():
+        if verbose: log.warning(f"training the '{preset}' Fashion-MNIST FID extractor on {len(tr)} images "
+                                f"(once; cached under {cache.kind_dir('fid_extractors')})")
+        model, meta = train_feature_cnn(tr.x, tr.y, te.x, te.y, widths=cfg['widths'], feature_dim=cfg['feature_dim'],
+                                        epochs=cfg['epochs'], batch_size=cfg['batch_size'], lr=lr, seed=seed)
+        if verbose: log.warning(f"trained in {meta['train_time_s']:.0f} s: test accuracy {meta['test_accuracy']:.1%}")
+        return _Trained(model, dict(meta, preset=preset, accuracy_floor=floor))
+    try:
+        ext = cache.get_or_compute('fid_extractors', spec, compute if train_if_missing else None,
+                                   save=lambda e, folder: save_classifier_extractor(e.model, e.meta, folder / 'weights.pt'),
+                                   load=lambda folder: load_classifier_extractor(folder / 'weights.pt'),
+                                   validate=lambda e: _extractor_problem(e, spec, floor, check), keep=EXTRACTOR_KEEP)
+    except cache.CacheMiss:
+        raise FileNotFoundError(f"no cached FID extractor {cache.entry_path('fid_extractors', spec)}; call "
+                                f"get_fmnist_extractor({preset!r}, train_if_missing=True) to train it once "
+                                "(a few minutes on a CPU for 'full')") from None
+    except cache.CacheError as e: raise CorruptExtractorError(str(e)) from e
+    _EXTRACTORS[key] = (ext, _stamp(ext))
+    return ext
 
 # %% ../nbs/24_clel_metrics.ipynb #4310c5cc
 CLASSIFIER_EXTRACTOR = 'contrastive-ablations-classifier'  # our name in torch-fidelity's registry
@@ -310,11 +382,39 @@ def extract_features(x: torch.Tensor,              # images [N,1,28,28] in [0,1]
     "Penultimate features [N,D] (float64) of the images, computed exactly as torch-fidelity does (uint8 input)."
     x = to_uint8(check_images(x, 'x', channels=1, size=28))
     net = TorchFidelityClassifier(CLASSIFIER_EXTRACTOR, ['penultimate'], feature_extractor_weights_path=extractor.path)
-    return torch.cat([net(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)]).numpy()
+    with torch.autocast('cpu', enabled=False), torch.autocast('cuda', enabled=False):   # a ruler: float32 always
+        return torch.cat([net(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)]).numpy()
 
 # %% ../nbs/24_clel_metrics.ipynb #e5025b57
 INCEPTION_FILE = URL_INCEPTION_V3.rsplit('/', 1)[-1]   # weights-inception-2015-12-05-6726825d.pth
+INCEPTION_SHA256 = '6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2'  # the published file
+INCEPTION_BYTES = 95_628_359                            # its size
 _INCEPTION_UNAVAILABLE: str | None = None               # why the last download attempt failed (this process)
+_INCEPTION_CHECKED: dict = {}                           # (path, size, mtime, inode) of files that passed the check
+
+class InceptionWeightsError(ValueError):
+    "A file where the Inception-v3 weights should be that is not the published file; the message names it and the fix."
+
+def check_inception_weights(path) -> Path:
+    "`path` if it is the published Inception-v3 FID weights file (size and SHA-256, checked before any load), else `InceptionWeightsError`."
+    p = Path(path)
+    try: st = p.stat()
+    except OSError as e: raise InceptionWeightsError(f'Inception-v3 weights {p} cannot be read ({e.strerror})') from None
+    stamp = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if stamp in _INCEPTION_CHECKED: return p
+    if st.st_size != INCEPTION_BYTES: why = f'{st.st_size} bytes, the published file has {INCEPTION_BYTES}'
+    else:
+        h = hashlib.sha256()
+        with open(p, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+        why = None if h.hexdigest() == INCEPTION_SHA256 else f'SHA-256 {h.hexdigest()[:16]}..., the published file has {INCEPTION_SHA256[:16]}...'
+    if why:
+        raise InceptionWeightsError(
+            f'{p} is not the published Inception-v3 FID weights file ({why}); it was not loaded (a .pth file can run code). '
+            f'Delete it (or point $CONTRASTIVE_ABLATIONS_INCEPTION_WEIGHTS elsewhere) and put there the file from '
+            f'{URL_INCEPTION_V3} (SHA-256 {INCEPTION_SHA256})')
+    _INCEPTION_CHECKED[stamp] = True
+    return p
 
 def inception_candidates() -> list[Path]:
     "Where the Inception-v3 FID weights are looked for, in order."
@@ -324,10 +424,10 @@ def inception_candidates() -> list[Path]:
 def find_inception_weights(download: bool = True,  # try to download when no local copy exists
                            timeout: float = 5.0,    # seconds to wait for the server before giving up
                           ) -> Path | None:
-    "Path of the Inception-v3 FID weights, downloading them if allowed and possible; None when unavailable."
+    "Path of the checked Inception-v3 FID weights, downloading them if allowed and possible; None when unavailable."
     global _INCEPTION_UNAVAILABLE
     for p in inception_candidates():
-        if p.is_file(): return p
+        if p.exists(): return check_inception_weights(p)   # a file that is not the published one is an error, never used
     if not download or _INCEPTION_UNAVAILABLE is not None: return None
     target = inception_candidates()[-1]
     old = socket.getdefaulttimeout()
@@ -335,13 +435,13 @@ def find_inception_weights(download: bool = True,  # try to download when no loc
         urllib.request.urlopen(urllib.request.Request(URL_INCEPTION_V3, method='HEAD'), timeout=timeout).close()
         socket.setdefaulttimeout(60)  # the transfer itself: never hang forever on a stalled connection
         target.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(target), hash_prefix='6726825d', progress=False)
-        return target
+        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(target), hash_prefix=INCEPTION_SHA256, progress=False)
     except Exception as e:  # URLError, timeouts, HTTP errors, hash mismatch
         _INCEPTION_UNAVAILABLE = f'{type(e).__name__}: {e}'
         log.info(f'Inception-v3 weights unavailable: {_INCEPTION_UNAVAILABLE}')
         return None
     finally: socket.setdefaulttimeout(old)
+    return check_inception_weights(target)
 
 def inception_unavailable_reason() -> str:
     "Why `find_inception_weights` found nothing (for error messages)."
@@ -349,6 +449,29 @@ def inception_unavailable_reason() -> str:
     return (f"the Inception-v3 weights {INCEPTION_FILE} are not in any of [{where}] and could not be downloaded "
             f"({_INCEPTION_UNAVAILABLE or 'download not attempted'}); download {URL_INCEPTION_V3} on a machine with "
             f"internet and put it in one of those places (or set $CONTRASTIVE_ABLATIONS_INCEPTION_WEIGHTS)")
+
+# %% ../nbs/24_clel_metrics.ipynb #c77e017b
+SAFE_INCEPTION_EXTRACTOR = 'contrastive-ablations-inception-v3'   # our registry name for SafeInceptionV3
+_BUILD_LOCK = threading.Lock()
+
+class SafeInceptionV3(FeatureExtractorInceptionV3):
+    "torch-fidelity's Inception-v3 FID network, built from a checked weights file read with `weights_only=True`."
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        if feature_extractor_weights_path is None:
+            raise ValueError(f"feature extractor {name!r} needs feature_extractor_weights_path (checked Inception-v3 weights)")
+        path = check_inception_weights(feature_extractor_weights_path)
+        state = torch.load(path, map_location='cpu', weights_only=True)   # tensors only: no code runs
+        with _BUILD_LOCK:   # torch-fidelity reads weights itself only from a URL: hand it the state dict instead
+            fetch = _tf_inception.load_state_dict_from_url
+            _tf_inception.load_state_dict_from_url = lambda *a, **k: state
+            try: super().__init__(name, features_list, feature_extractor_weights_path=None, **kwargs)
+            finally: _tf_inception.load_state_dict_from_url = fetch
+
+def register_safe_inception() -> str:
+    "Register `SafeInceptionV3` with torch-fidelity (once per process); return its registry name."
+    if SAFE_INCEPTION_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(SAFE_INCEPTION_EXTRACTOR, SafeInceptionV3)
+    return SAFE_INCEPTION_EXTRACTOR
 
 # %% ../nbs/24_clel_metrics.ipynb #2d27b9b3
 def _dataset_info(dataset: str):
@@ -382,6 +505,25 @@ def resolve_fid_extractor(extractor, channels: int, size: int, download: bool = 
     return 'classifier', ext, ext.describe()
 
 # %% ../nbs/24_clel_metrics.ipynb #1a3781cb
+FID_STATISTICS_KEEP = 16   # cached reference statistics kept (Inception's are 32 MB each)
+
+def fid_feature_extractor(kind: str, obj, device, verbose: bool = False):
+    "(torch-fidelity feature extractor, its FID layer) for a resolved extractor ('inception' path or ClassifierExtractor)."
+    if kind == 'inception':
+        name, layer, weights = register_safe_inception(), '2048', str(obj)
+    else: name, layer, weights = register_classifier_extractor(), 'penultimate', str(obj.path)
+    fe = create_feature_extractor(name, [layer], cuda=torch.device(device).type == 'cuda', verbose=verbose,
+                                  feature_extractor_weights_path=weights)
+    return fe, layer
+
+def fid_statistics(x: torch.Tensor,  # uint8 images [N,C,H,W] the extractor reads
+                   fe, layer: str,   # from fid_feature_extractor
+                   batch_size: int, device, verbose: bool = False) -> dict:
+    "torch-fidelity's FID statistics {'mu', 'sigma'} of `x`, computed by its own functions, in fp32."
+    with fp32_context():
+        fd = get_featuresdict_from_dataset(UInt8Images(x), fe, batch_size, torch.device(device).type == 'cuda', True, verbose)
+        return fid_featuresdict_to_statistics(fd, layer)
+
 def fid_score(generated: torch.Tensor,   # generated images [N,C,H,W] in [0,1]
               reference: torch.Tensor,   # real images [M,C,H,W] in [0,1] (same C,H,W)
               dataset: str = 'fashion_mnist', # name in data.DATASETS; fixes the expected C,H,W
@@ -391,9 +533,9 @@ def fid_score(generated: torch.Tensor,   # generated images [N,C,H,W] in [0,1]
               download: bool = True,     # allow downloading the Inception weights
               verbose: bool = False,     # torch-fidelity's progress output
               quantize: str = 'round255', # uint8 conversion of both image sets, see QUANTIZE
-              cache_reference: bool = True, # keep the reference's feature statistics on disk (see below)
+              cache_reference: bool = True, # keep the reference's feature statistics in the cache (see below)
              ) -> dict:
-    "FID through torch-fidelity: dict(fid, extractor, n_generated, n_reference)."
+    "FID through torch-fidelity's functions, in fp32 whatever the caller's context: dict(fid, extractor, n_generated, n_reference)."
     info = _dataset_info(dataset)
     generated = check_images(generated, 'generated', info.channels, info.size, min_n=2)
     reference = check_images(reference, 'reference', info.channels, info.size, min_n=2)
@@ -401,29 +543,72 @@ def fid_score(generated: torch.Tensor,   # generated images [N,C,H,W] in [0,1]
     g, r = to_uint8(generated, quantize), to_uint8(reference, quantize)
     if kind == 'inception':
         if g.shape[1] == 1: g, r = g.repeat(1, 3, 1, 1), r.repeat(1, 3, 1, 1)  # Inception wants RGB
-        kw = dict(feature_extractor=INCEPTION_EXTRACTOR, feature_layer_fid='2048')
-    else:
-        kw = dict(feature_extractor=register_classifier_extractor(), feature_layer_fid='penultimate')
-        if min(len(g), len(r)) <= obj.feature_dim:
-            log.warning(f'FID with {min(len(g), len(r))} samples and {obj.feature_dim}-d features: the covariance is '
-                        'rank-deficient and FID is strongly biased upwards; use more samples')
-    if cache_reference: kw.update(reference_cache(r, desc))
+    elif min(len(g), len(r)) <= obj.feature_dim:
+        log.warning(f'FID with {min(len(g), len(r))} samples and {obj.feature_dim}-d features: the covariance is '
+                    'rank-deficient and FID is strongly biased upwards; use more samples')
     dev = get_device(device)
-    with torch.autocast(dev.type, enabled=False):   # the extractor is the ruler: float32 whatever the run's precision
-        metrics = torch_fidelity.calculate_metrics(
-            input1=UInt8Images(g), input2=UInt8Images(r), fid=True, feature_extractor_weights_path=str(obj.path if kind == 'classifier' else obj),
-            cuda=dev.type == 'cuda', batch_size=batch_size, save_cpu_ram=True, verbose=verbose, **{'cache': False, **kw})
-    return dict(fid=float(metrics['frechet_inception_distance']), extractor=desc,
-                n_generated=len(g), n_reference=len(r))
+    fe, layer = fid_feature_extractor(kind, obj, dev, verbose)
+    s_gen = fid_statistics(g, fe, layer, batch_size, dev, verbose)
+    if cache_reference: s_ref = reference_statistics(r, kind, obj, fe, layer, batch_size, dev, verbose)
+    else: s_ref = fid_statistics(r, fe, layer, batch_size, dev, verbose)
+    fid = fid_statistics_to_metric(s_gen, s_ref, verbose)[KEY_METRIC_FID]
+    return dict(fid=float(fid), extractor=desc, n_generated=len(g), n_reference=len(r))
 
 # %% ../nbs/24_clel_metrics.ipynb #6d2f1b4c
-def reference_cache(reference: torch.Tensor,  # quantised reference images [M,C,H,W] (uint8)
-                    extractor_desc: str,      # the extractor's description (names its weights)
-                   ) -> dict:
-    "torch-fidelity keyword arguments that cache the reference's FID statistics under a content hash."
-    h = hashlib.sha256(extractor_desc.encode())
-    h.update(str(tuple(reference.shape)).encode()); h.update(reference.contiguous().numpy().tobytes())
-    return dict(cache=True, cache_root=str(cache_dir() / 'fid_statistics'), input2_cache_name=f'ref-{h.hexdigest()[:24]}')
+def _statistics_code_version() -> str:
+    "Hash of the source of what computes reference statistics (from the installed package)."
+    import contrastive_ablations.clel_metrics as m
+    return cache.source_hash(m.fid_statistics, m.fid_feature_extractor, m.TorchFidelityClassifier, m.SafeInceptionV3,
+                             m.fp32_context, m.UInt8Images)
+
+def reference_spec(reference: torch.Tensor,  # quantised reference images [M,C,H,W] (uint8), as the extractor reads them
+                   kind: str, obj,           # the resolved extractor: ('inception', path) or ('classifier', ClassifierExtractor)
+                   layer: str, device,       # its FID layer and the device the features are computed on
+                  ) -> dict:
+    "Everything that determines a reference's FID statistics: the cache key's spec."
+    h = hashlib.sha256(str(tuple(reference.shape)).encode()); h.update(reference.contiguous().numpy().tobytes())
+    ident = (dict(kind='inception', weights_sha256=INCEPTION_SHA256) if kind == 'inception' else
+             dict(kind='classifier', weights_sha256=obj.meta['weights_sha256'], feature_dim=obj.feature_dim))
+    return dict(what='FID reference statistics', reference=h.hexdigest(), reference_shape=list(reference.shape),
+                extractor=ident, layer=layer, device=torch.device(device).type, precision='fp32',
+                code=_statistics_code_version(), libraries=cache.library_versions('torch', 'torch_fidelity', 'numpy'))
+
+def _save_statistics(s: dict, folder: Path):
+    buf = io.BytesIO(); np.savez(buf, mu=s['mu'], sigma=s['sigma'])
+    atomic_write_bytes(folder / 'statistics.npz', buf.getvalue())
+
+def load_statistics(path) -> dict:
+    "{'mu', 'sigma'} from a statistics .npz, read with allow_pickle=False: anything but plain arrays raises ValueError."
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile): raise ValueError(f'{path} is not an .npz archive')
+        with z:
+            missing = {'mu', 'sigma'} - set(z.files)
+            if missing: raise ValueError(f"{path} has no array {', '.join(sorted(missing))}")
+            return {'mu': z['mu'], 'sigma': z['sigma']}
+    except ValueError as e:
+        if 'pickle' not in str(e): raise
+        raise ValueError(f'{path} is not an .npz of plain arrays (it holds pickled data or something else); '
+                         'it was not unpickled (allow_pickle=False)') from None
+
+def statistics_problem(s: dict, dim: int) -> str | None:
+    "Why {'mu', 'sigma'} are not FID statistics of `dim`-d features, or None."
+    mu, sigma = s['mu'], s['sigma']
+    if mu.shape != (dim,) or sigma.shape != (dim, dim):
+        return f'mu has shape {mu.shape} and sigma {sigma.shape}; expected ({dim},) and ({dim}, {dim})'
+    if not (np.issubdtype(mu.dtype, np.floating) and np.issubdtype(sigma.dtype, np.floating)):
+        return f'mu is {mu.dtype} and sigma {sigma.dtype}; expected floating-point arrays'
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()): return 'mu or sigma holds NaN or infinite values'
+    return None
+
+def reference_statistics(reference: torch.Tensor, kind: str, obj, fe, layer: str, batch_size: int, device,
+                         verbose: bool = False) -> dict:
+    "The reference's FID statistics from the cache (checked), computed and stored when missing or invalid."
+    dim = 2048 if kind == 'inception' else obj.feature_dim
+    return cache.get_or_compute('fid_reference_statistics', reference_spec(reference, kind, obj, layer, device),
+                                lambda: fid_statistics(reference, fe, layer, batch_size, device, verbose),
+                                _save_statistics, lambda folder: load_statistics(folder / 'statistics.npz'),
+                                lambda s: statistics_problem(s, dim), keep=FID_STATISTICS_KEEP)
 
 # %% ../nbs/24_clel_metrics.ipynb #94f2aeca
 def _scores(s, name: str) -> np.ndarray:

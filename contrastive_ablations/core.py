@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #6d3feb36
 from __future__ import annotations
-import contextlib, difflib, fcntl, json, math, os, random, sys, tempfile
+import contextlib, difflib, fcntl, json, math, os, random, re, sys, tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ class Param:
     identity: bool = True      # False: where or how a run executes, not what it computes (never ablated)
     depends_on: str | None = None  # another parameter whose value selects the domain ...
     cases: dict | None = None  # ... value of `depends_on` -> field overrides, e.g. {'logit': {'hi': None}}
+    pattern: str | None = None # regular expression a string must match whole (e.g. 'cuda:N' devices)
 
     def given(self, params: dict) -> 'Param':
         "This declaration with the domain that the other parameters' values select."
@@ -58,6 +59,7 @@ class Param:
                              for v, c in self.cases.items())
             return f'{replace(self, depends_on=None, cases=None).domain()} ({alts})'
         if self.choices is not None: d = 'one of ' + ', '.join(repr(c) for c in self.choices)
+        elif self.pattern is not None: d = f'a str matching {self.pattern!r}'
         elif self.kind is bool: d = 'True or False'
         else:
             d = ('an ' if self.kind is int else 'a ') + self.kind.__name__
@@ -96,7 +98,10 @@ def _coerce(self: Param, name: str, value: Any, where: str = '') -> Any:
         return value
     if self.kind is str:
         if not isinstance(value, str): fail('is not a string')
+        try: value.encode('utf-8')
+        except UnicodeEncodeError as e: fail(f'is not valid text (character {ord(value[e.start]):#06x} at position {e.start} cannot be written as UTF-8)')
         if self.choices is not None and value not in self.choices: fail('is not a known value')
+        if self.pattern is not None and not re.fullmatch(self.pattern, value): fail('is not a known value')
         return value
     raise TypeError(f'unsupported parameter kind {self.kind!r}')
 
@@ -253,13 +258,17 @@ def write_run_outputs(out_dir,        # the run's directory
                       metrics: dict,  # flat name -> number, plus 'status'
                       curves=None,    # pandas DataFrame of logged curves, or None
                       artifacts: dict | None = None,  # file name -> bytes, str or JSON-able dict
+                      experiment: str | None = None,  # name of the experiment (experiments.EXPERIMENTS): its recipe is recorded
                      ) -> Path:
-    "Write `params.json`, `curves.csv`, the artifacts and, last, `metrics.json` (whose presence marks a finished run)."
+    "Write `params.json`, `run_info.json` (code version, recipe), `curves.csv`, the artifacts and, last, `metrics.json` (whose presence marks a finished run)."
+    from contrastive_ablations.sweep import run_provenance
     out_dir, flat = Path(out_dir), _flat_metrics(metrics)
     for name in artifacts or {}:
-        if Path(name).name != name or name in ('params.json', 'curves.csv', 'metrics.json'):
+        if Path(name).name != name or name in ('params.json', 'curves.csv', 'metrics.json', 'run_info.json'):
             raise ValueError(f'artifact {name!r}: give a plain file name other than the run files')
     atomic_write_json(out_dir/'params.json', params)
+    # which code and recipe made the run, also when the template runs alone (a sweep adds its own fields to it)
+    atomic_write_json(out_dir/'run_info.json', run_provenance(experiment, params))
     if curves is not None: atomic_write_text(out_dir/'curves.csv', curves.to_csv(index=False))
     for name, content in (artifacts or {}).items():
         if isinstance(content, bytes): atomic_write_bytes(out_dir/name, content)

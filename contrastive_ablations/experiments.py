@@ -13,11 +13,12 @@ from .core import Param, ParameterError, PRECISIONS, PROFILES, validate_params
 
 # %% auto #0
 __all__ = ['FASHION_CLASSES', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES', 'DIGIT_CLASSES', 'KMNIST_CLASSES', 'DATASETS', 'GATES',
-           'NORMALIZE', 'VIEW_AUGS', 'ICKD_KNOBS', 'ICKD_PROFILES', 'ICKD_ROLES', 'WALL_TIME', 'ICKD_METRICS',
+           'NORMALIZE', 'VIEW_AUGS', 'ARCHS', 'ICKD_KNOBS', 'ICKD_PROFILES', 'ICKD_ROLES', 'WALL_TIME', 'ICKD_METRICS',
            'ICKD_BASELINES', 'FASHION', 'ICKD', 'FRAMEWORKS', 'CLEL_FRAMEWORKS', 'BUFFER_AUGMENTS', 'ENCODER_AUGMENTS',
            'EMA_MODES', 'BETA_VIEWS', 'CLEL_KNOBS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CLEL_PROFILES', 'OOD_PLANS',
            'OOD_LABELS', 'CLEL_METRICS', 'CLEL', 'EXPERIMENTS', 'METRIC_ALIASES', 'DatasetInfo', 'Metric', 'Baseline',
-           'Part', 'Experiment', 'check_injected', 'parameters_cell', 'template_problems', 'write_parameters_cell']
+           'Part', 'Experiment', 'recipe_defaults', 'profile_recipe', 'recipe_hash', 'check_injected',
+           'parameters_cell', 'template_problems', 'write_parameters_cell']
 
 # %% ../nbs/04_experiments.ipynb #0ae1ccf0
 FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
@@ -106,6 +107,7 @@ class Experiment:
     families: dict = field(default_factory=dict)  # family name -> plain-language doc
     parts: tuple = ()         # of Part
     baselines: tuple = ()     # of Baseline
+    config: str = ''          # 'module:Class' of the dataclass whose defaults are the recipe (the profiles change them)
 
     def __post_init__(self):
         for p in self.parts: p.experiment = self.name
@@ -137,7 +139,10 @@ class Experiment:
 GATES = ('prob', 'logit', 'hinge', 'none')  # margin gate kinds
 NORMALIZE = ('batch', 'selected')  # divide the summed anchor losses by the batch size or by the number of anchors used
 VIEW_AUGS = ('standard', 'simclr')  # augmentation of the positive view
-_DEVICE = Param(str, 'auto', identity=False, doc="'auto', 'cpu', 'cuda' or 'cuda:N' (where a run executes, not what it computes)")
+ARCHS = ('cnn_teacher', 'cnn_student', 'resnet8x4', 'resnet32x4', 'resnet20', 'resnet32', 'resnet56', 'resnet110',
+         'wrn_16_2', 'wrn_40_1', 'wrn_40_2')   # the classifiers of networks.MODELS (a test keeps the two equal)
+_DEVICE = Param(str, 'auto', identity=False, pattern=r'auto|cpu|cuda(:[0-9]{1,3})?',
+                doc="'auto', 'cpu', 'cuda' or 'cuda:N' (where a run executes, not what it computes)")
 # bf16 changes the numbers a run produces, so precision is part of a run's identity (unlike device);
 # 'auto' = bf16 where the device computes it natively (measured: benchmarks/bench_precision.py), else fp32
 _PRECISION = Param(str, 'auto', choices=('auto',) + PRECISIONS,
@@ -167,8 +172,8 @@ ICKD_KNOBS = dict(
     kd_gamma=Param(float, 0.1, lo=0, doc='weight of the student cross-entropy'),
     kd_alpha=Param(float, 0.9, lo=0, doc='weight of the KD term'),
     # --- profile overrides (None = the profile's value)
-    teacher_arch=Param(str, None, allow_none=True, doc='teacher network name (networks.MODELS)'),
-    student_arch=Param(str, None, allow_none=True, doc='student network name (networks.MODELS)'),
+    teacher_arch=Param(str, None, choices=ARCHS, allow_none=True, doc='teacher network name (networks.MODELS)'),
+    student_arch=Param(str, None, choices=ARCHS, allow_none=True, doc='student network name (networks.MODELS)'),
     teacher_epochs=Param(int, None, lo=1, hi=10000, allow_none=True, doc='teacher epochs'),
     student_epochs=Param(int, None, lo=1, hi=10000, allow_none=True, doc='student epochs'),
     batch_size=Param(int, None, lo=2, hi=65536, allow_none=True, doc='batch size'),
@@ -222,7 +227,7 @@ ICKD = Experiment(
                 baselines=list(ICKD_BASELINES), fixed=FASHION),
            Part(('balance parameter', 'balance weight', 'λ', 'lambda', 'intra-class contrastive loss weight'), 'ickd_balance',
                 'lam', 0.03, remove=0.0, baselines=list(ICKD_BASELINES), fixed=FASHION)),
-    baselines=ICKD_BASELINES)
+    baselines=ICKD_BASELINES, config='contrastive_ablations.ickd:ICKDConfig')
 
 # %% ../nbs/04_experiments.ipynb #5b9e00e5
 FRAMEWORKS = ('simclr', 'byol', 'moco', 'mae')  # the self-supervised methods CLEL can be paired with
@@ -312,7 +317,7 @@ CLEL = Experiment(
            Part(('norm-direction separation', 'norm direction separation', 'norm-direction decomposition', 'norm-direction'),
                 'clel_norm_direction', 'norm_direction', True, words={'true': True, 'false': False, 'on': True, 'off': False},
                 remove=False, fixed=FASHION)),
-    baselines=(Baseline('no encoder', {'framework': 'none'}),))
+    baselines=(Baseline('no encoder', {'framework': 'none'}),), config='contrastive_ablations.clel:CLELConfig')
 
 # %% ../nbs/04_experiments.ipynb #bc2c94f5
 EXPERIMENTS = {'ickd': ICKD, 'clel': CLEL}
@@ -322,6 +327,37 @@ METRIC_ALIASES = {'top-1 accuracy': 'top1', 'top1 accuracy': 'top1', 'top-1': 't
                   'convergence speed': 'convergence', 'convergence': 'convergence',
                   'fid': 'fid', 'frechet inception distance': 'fid', 'fréchet inception distance': 'fid',
                   'auroc': 'auroc', 'ood auroc': 'auroc', 'ood detection': 'auroc'}
+
+# %% ../nbs/04_experiments.ipynb #b7e0c002
+import hashlib, importlib.util
+
+_DEFAULTS_CACHE = {}
+
+def recipe_defaults(exp: Experiment) -> dict:
+    "Field -> default of the experiment's recipe dataclass (`exp.config`), read from its source without importing it."
+    if not exp.config: return {}
+    module, cls = exp.config.split(':')
+    path = Path(importlib.util.find_spec(module).origin)
+    key = (str(path), path.stat().st_mtime_ns, cls)
+    if key not in _DEFAULTS_CACHE:
+        node = next((n for n in ast.walk(ast.parse(path.read_text(encoding='utf-8'))) if isinstance(n, ast.ClassDef) and n.name == cls), None)
+        if node is None: raise ValueError(f'{path}: no class {cls} (experiment {exp.name}, config {exp.config!r})')
+        out = {}
+        for n in node.body:
+            if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and n.value is not None:
+                try: out[n.target.id] = ast.literal_eval(n.value)
+                except ValueError: out[n.target.id] = ast.unparse(n.value)   # an expression: its source text
+        _DEFAULTS_CACHE[key] = out
+    return dict(_DEFAULTS_CACHE[key])
+
+def profile_recipe(exp: Experiment, profile: str) -> dict:
+    "Every value of the recipe `profile` resolves to: the dataclass defaults with the profile's values applied (JSON-ready)."
+    r = {**recipe_defaults(exp), **exp.profiles.get(profile, {})}
+    return json.loads(json.dumps(r, sort_keys=True, default=str))   # tuples as lists: as run_info.json stores them
+
+def recipe_hash(recipe: dict) -> str:
+    "16 hex digits of the SHA-256 of a recipe (what the run folders and the report compare)."
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 # %% ../nbs/04_experiments.ipynb #aa59774b
 _IPYTHON_NAMES = {'In', 'Out', 'get_ipython', 'exit', 'quit', 'open'}

@@ -18,7 +18,8 @@ from .seedstats import metric_range, seed_stats
 
 # %% auto #0
 __all__ = ['CURVE_FIGURES', 'param_label', 'metric_label', 'figure_groups', 'plot_metrics', 'plot_metric_rows', 'load_curves',
-           'plot_learning_curves', 'plot_step_curves', 'plot_energy_curves', 'plot_samples', 'study_figures']
+           'plot_learning_curves', 'plot_step_curves', 'plot_energy_curves', 'plot_samples', 'study_figures',
+           'plot_differences']
 
 # %% ../nbs/39_figures.ipynb #c0c71acf
 def param_label(study: Study) -> str:
@@ -51,7 +52,7 @@ def _numeric(study: Study, main: list) -> bool:
 
 def plot_metrics(study: Study, metrics, # Metric declarations, one panel each
                  title: str | None = None, ncols: int = 2, ax_size=(5.2, 3.4)):
-    "Mean and interval of each metric per value (dots: seeds), one panel per metric; baselines as lines."
+    "Mean and interval of each metric per value (dots: seeds), one panel per metric; baselines as lines (crosses: their seeds)."
     metrics = [m for m in metrics if m.name in study.runs]
     if not metrics: return None
     ok = study.ok()
@@ -74,8 +75,13 @@ def plot_metrics(study: Study, metrics, # Metric declarations, one panel each
         ax.errorbar(xs, ys, yerr=err, fmt='o-' if numeric else 'o', color='C0', capsize=4, lw=1.5, zorder=3, label='mean, 95% interval')
         if study.control is not None and fmt_value(study.control) in main:
             ax.axvline(float(study.control) if numeric else main.index(fmt_value(study.control)), color='0.8', ls=':', lw=1, label='control')
+        span = (max(xs) - min(xs)) if len(xs) > 1 else 1.0
         for j, (v, g) in enumerate(ok[ok.role == 'baseline'].groupby('variant', observed=True)):
-            if g[m.name].notna().any(): ax.axhline(g[m.name].mean(), color=f'C{j+1}', ls='--', lw=1.2, label=f'baseline: {v}')
+            vals = pd.to_numeric(g[m.name], errors='coerce'); vals = vals[np.isfinite(vals)]
+            if not len(vals): continue
+            ax.axhline(vals.mean(), color=f'C{j+1}', ls='--', lw=1.2, label=f'baseline: {v} (mean; x: seeds)')
+            xb = (max(xs) if xs else 0) + (j + 1) * (0.08 * span if numeric else 1)   # its seeds, right of the values
+            ax.scatter([xb] * len(vals), vals, color=f'C{j+1}', marker='x', s=18, zorder=2)
         if not numeric: ax.set_xticks(range(len(main)), main)
         ax.set_xlabel(param_label(study)); ax.set_ylabel(textwrap.fill(metric_label(m), 36), fontsize=9); ax.set_title(m.label, fontsize=10)
         ax.legend(fontsize=7, loc='best')
@@ -86,7 +92,7 @@ def plot_metrics(study: Study, metrics, # Metric declarations, one panel each
 # %% ../nbs/39_figures.ipynb #191d3a54
 def plot_metric_rows(study: Study, metrics, # Metric declarations sharing a unit, one row each
                      title: str | None = None, width: float = 10):
-    "Mean and interval of several metrics, a row per metric and a colour per value (dots: means, bars: intervals)."
+    "Mean and interval of several metrics, a row per metric and a colour per value (dots: means, bars: intervals, ticks: seeds)."
     metrics = [m for m in metrics if m.name in study.runs]
     if not metrics: return None
     ok, order = study.ok(), [v for v in study.variants if v in set(study.runs.variant)]
@@ -100,12 +106,14 @@ def plot_metric_rows(study: Study, metrics, # Metric declarations sharing a unit
             if not s['n']: continue
             y = i - 0.35 + step * (j + 0.5)
             if np.isfinite(s['ci_low']): ax.plot([s['ci_low'], s['ci_high']], [y, y], color=pal[v], lw=1.5)
+            vals = pd.to_numeric(g[m.name], errors='coerce'); vals = vals[np.isfinite(vals)]
+            ax.scatter(vals, [y] * len(vals), color=pal[v], s=40, alpha=0.7, marker='|', lw=1.5, zorder=1)
             ax.plot([s['mean']], [y], 'o', color=pal[v], ms=4, label=str(v) if i == 0 else None)
     ax.set_yticks(range(len(metrics)), [m.label for m in metrics], fontsize=8); ax.invert_yaxis()
     units = {m.unit for m in metrics}
     ax.set_xlabel(units.pop() if len(units) == 1 and '' not in units else 'value'); ax.grid(axis='x', color='0.9')
     ax.legend(title=param_label(study), fontsize=8, title_fontsize=8, loc='center left', bbox_to_anchor=(1.01, 0.5))
-    ax.set_title(_title(study, title or 'metrics') + "\ndots: mean over seeds; bars: 95% t interval, cut to the metric's range", fontsize=10)
+    ax.set_title(_title(study, title or 'metrics') + "\ndots: mean over seeds; bars: 95% t interval, cut to the metric's range; ticks: each seed", fontsize=10)
     return fig
 
 # %% ../nbs/39_figures.ipynb #4c145600
@@ -130,11 +138,13 @@ def _palette(study: Study):
     main = [v for v in study.variants if v in set(study.runs[study.runs.role != 'baseline'].variant)]
     return dict(zip(study.variants, sns.color_palette('viridis' if _numeric(study, main) else 'tab10', len(study.variants))))
 
-def _band(ax, df, x, y, hue, order, palette, marker=None, lo=-np.inf, hi=np.inf):
-    "Mean over seeds per (hue, x) with the 95% t interval as a band, cut to [lo, hi]."
+def _band(ax, df, x, y, hue, order, palette, marker=None, lo=-np.inf, hi=np.inf, unit='run_id'):
+    "Mean over seeds per (hue, x) with the 95% t interval as a band, cut to [lo, hi]; each run (`unit`) as a thin line."
     for h in order:
         g = df[df[hue] == h]
         if not len(g): continue
+        if unit in g:
+            for _, r in g.groupby(unit, sort=False): ax.plot(r[x], r[y], color=palette[h], lw=0.6, alpha=0.35, zorder=1)
         a = g.groupby(x)[y].agg(['mean', 'std', 'count'])
         half = stats.t.ppf(0.975, (a['count'] - 1).clip(lower=1)) * a['std'] / np.sqrt(a['count'])
         ax.plot(a.index, a['mean'], color=palette[h], marker=marker, ms=3, label=str(h))
@@ -157,7 +167,7 @@ def plot_learning_curves(study: Study, curves=None, y: str = 'val_acc'):
         _band(ax, c[c.run == role], 'epoch', y, 'variant', study.variants, _palette(study), marker='o', lo=0, hi=100)
         ax.set_title(str(role)); ax.set_xlabel('epoch'); ax.set_ylabel('validation top-1 accuracy (%)')
         ax.legend(title=param_label(study), fontsize=7, title_fontsize=8)
-    fig.suptitle(_title(study, 'learning curves') + '\nmean over seeds; band: 95% t interval', fontsize=10); return fig
+    fig.suptitle(_title(study, 'learning curves') + '\nmean over seeds; band: 95% t interval; thin lines: each seed', fontsize=10); return fig
 
 def plot_step_curves(study: Study, curves=None, y: str = 'selected_frac', ylabel: str = 'selected anchors (% of batch)',
                      what: str = 'selected-anchor fraction over training', percent: bool = True, smooth: int = 5):
@@ -171,7 +181,7 @@ def plot_step_curves(study: Study, curves=None, y: str = 'selected_frac', ylabel
     fig, ax = plt.subplots(figsize=(7.5, 4), layout='constrained')
     _band(ax, c, 'step', y, 'variant', study.variants, _palette(study), lo=0, hi=100 if percent else np.inf)
     ax.set_xlabel('training step'); ax.set_ylabel(ylabel); ax.legend(title=param_label(study), fontsize=7, title_fontsize=8)
-    ax.set_title(_title(study, what) + '\n' + (f'rolling mean of {smooth} steps; ' if smooth > 1 else '') + 'band: 95% t interval over seeds', fontsize=10)
+    ax.set_title(_title(study, what) + '\n' + (f'rolling mean of {smooth} steps; ' if smooth > 1 else '') + 'band: 95% t interval over seeds; thin lines: each seed', fontsize=10)
     return fig
 
 # %% ../nbs/39_figures.ipynb #64cee7e7
@@ -194,7 +204,7 @@ def plot_energy_curves(study: Study, curves=None, smooth: int = 5, ncols: int = 
         ax.set_title(f"{study.parameter} = {v}", fontsize=9); ax.set_xlabel('training step'); ax.set_ylabel('energy E(x) (a.u.)')
         ax.legend(fontsize=7)
     for ax in axes.flat[len(vs):]: ax.set_visible(False)
-    fig.suptitle(_title(study, 'energy of data and samples over training') + '\nband: 95% t interval over seeds', fontsize=10); return fig
+    fig.suptitle(_title(study, 'energy of data and samples over training') + '\nband: 95% t interval over seeds; thin lines: each seed', fontsize=10); return fig
 
 def plot_samples(study: Study, max_per_row: int = 4):
     "Each variant's samples.png (first finished seed) side by side."
@@ -227,3 +237,44 @@ def study_figures(study: Study) -> list[tuple]:
     c = load_curves(study)
     out += [(head, f(study, c)) for head, f in CURVE_FIGURES]
     return [(h, f) for h, f in out if f is not None]
+
+# %% ../nbs/39_figures.ipynb #366819ec
+def plot_differences(study: Study, metrics, # the primary metrics, one panel each
+                     fam: pd.DataFrame | None = None, # their family of comparisons (default: seedstats.family_comparisons)
+                     ncols: int = 2, alpha: float = 0.05):
+    "Forest plot: each value's difference from the control with its 95% interval (points: paired seeds), per metric."
+    from contrastive_ablations.seedstats import family_comparisons, paired_differences
+    metrics = [m for m in metrics if m.name in study.runs]
+    fam = family_comparisons(study, metrics) if fam is None else fam
+    if not len(fam) or not metrics: return None
+    metrics = [m for m in metrics if (fam.metric == m.name).any()]
+    order = [v for v in study.variants if v in set(fam.variant)]
+    ncols = min(ncols, len(metrics)); nrows = math.ceil(len(metrics) / ncols)
+    h = 0.9 + 0.32 * len(order)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.4*ncols, h*nrows + 0.9), squeeze=False, layout='constrained')
+    for ax, m in zip(axes.flat, metrics):
+        c = fam[fam.metric == m.name].set_index('variant').reindex(order)
+        seeds = paired_differences(study, m)
+        for i, v in enumerate(order):
+            s = seeds[seeds.variant == v]['diff']
+            ax.scatter(s, [i] * len(s), color='0.55', s=12, zorder=2)
+            r = c.loc[v]
+            if not np.isfinite(r['diff']): continue
+            sig = np.isfinite(r.get('p_holm', np.nan)) and r['p_holm'] < alpha
+            if np.isfinite(r.ci_low): ax.plot([r.ci_low, r.ci_high], [i, i], color='C0', lw=2, zorder=3)
+            ax.plot([r['diff']], [i], 'o', ms=7, zorder=4, color='C3' if sig else 'C0', mfc='C3' if sig else 'white')
+            ax.annotate('p adj. ' + ('—' if not np.isfinite(r.get('p_holm', np.nan)) else f"{r['p_holm']:.3f}" if r['p_holm'] >= 0.001 else '< 0.001'),
+                        (1.0, i), xycoords=('axes fraction', 'data'), xytext=(4, 0), textcoords='offset points', va='center', fontsize=7)
+        ax.axvline(0, color='0.3', lw=1, ls='--')
+        ax.set_yticks(range(len(order)), [f"{v} (baseline)" if (study.runs[study.runs.variant == v].role == 'baseline').any() else str(v)
+                                         for v in order], fontsize=8)
+        ax.set_ylim(len(order) - 0.5, -0.5)
+        unit = 'pp' if m.unit == '%' else m.unit
+        better = {True: 'higher is better', False: 'lower is better'}.get(m.higher_is_better, '')
+        ax.set_xlabel(textwrap.fill(f"difference from the control" + (f" ({unit})" if unit else '') + (f", {better}" if better else ''), 48), fontsize=8)
+        ax.set_title(m.label, fontsize=10); ax.grid(axis='x', color='0.92')
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5)); ax.ticklabel_format(axis='x', style='sci', scilimits=(-3, 4))
+    for ax in axes.flat[len(metrics):]: ax.set_visible(False)
+    fig.suptitle(_title(study, f"difference from the control ({study.parameter} = {fmt_value(study.control)})")
+                 + "\nbars: 95% t interval; filled: significant after Holm correction over the family; grey: each seed", fontsize=10)
+    return fig

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json, os, select, signal, socket, sys, tempfile, threading, time
 
 # %% auto #0
-__all__ = ['SOCKET_ENV', 'DISABLE_ENV', 'PRELOAD', 'WARM', 'SERVERS', 'wait_for_exit', 'serve', 'launch', 'start_fork_server',
-           'fork_kernel_manager']
+__all__ = ['SOCKET_ENV', 'DISABLE_ENV', 'PRELOAD', 'WARM', 'THREAD_VARS', 'SERVERS', 'wait_for_exit', 'serve', 'launch',
+           'start_fork_server', 'fork_kernel_manager']
 
 # %% ../nbs/33_forkserver.ipynb #f004a1b2
 SOCKET_ENV = 'CONTRASTIVE_ABLATIONS_FORK_SERVER'   # the socket of this process's fork server (set by `start_fork_server`)
@@ -19,6 +19,20 @@ def _switched_off() -> bool: return os.environ.get(DISABLE_ENV, '1') == '0'
 PRELOAD = ('torch._dynamo', 'matplotlib', 'ipykernel.kernelapp',
            'contrastive_ablations.ickd', 'contrastive_ablations.clel', 'contrastive_ablations.clel_metrics')
 WARM = (('fashion_mnist', 'train'), ('fashion_mnist', 'test'), ('digits', 'test'))   # data kept in memory (copy-on-write)
+THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')   # what torch's OpenMP and MKL read; the server keeps them at 1
+
+def _threads_of(env: dict) -> int:
+    "The intra-op thread count a kernel with environment `env` gets: OMP_NUM_THREADS, else every CPU it may use."
+    n = str(env.get('OMP_NUM_THREADS', '')).strip()
+    if n.isdigit() and int(n) > 0: return int(n)
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+
+def _single_threaded():
+    "Run this process on one OpenMP/MKL thread (before torch's first parallel region): nothing to lose in a fork."
+    for k in THREAD_VARS: os.environ[k] = '1'
+    try: import torch
+    except ImportError: return
+    torch.set_num_threads(1)
 
 # %% ../nbs/33_forkserver.ipynb #f006a1b2
 def wait_for_exit(pid: int, poll: float = 0.2):
@@ -46,8 +60,8 @@ def _become_kernel(req: dict, fds: list):
         signal.signal(signal.SIGCHLD, signal.SIG_DFL); signal.signal(signal.SIGTERM, signal.SIG_DFL)
         # the launcher is the process Jupyter started and kills (SIGKILL cannot be forwarded): go with it
         threading.Thread(target=lambda: (wait_for_exit(req['launcher']), os._exit(0)), daemon=True).start()
-        threads = os.environ.get('OMP_NUM_THREADS')
-        if threads and threads.isdigit() and 'torch' in sys.modules: sys.modules['torch'].set_num_threads(int(threads))
+        if 'torch' in sys.modules:   # the server is single-threaded: the run's own thread count, in a fresh pool
+            sys.modules['torch'].set_num_threads(_threads_of(os.environ))
         # ipykernel's parent poller: exit when the server (and so the sweep worker) is gone, as an ordinary kernel does
         sys.argv = ['ipykernel_launcher', '-f', req['connection_file'], f'--IPKernelApp.parent_handle={os.getppid()}']
         from ipykernel.kernelapp import IPKernelApp
@@ -64,6 +78,7 @@ def serve(path: str,               # Unix socket to listen on
          ):
     "The fork server: import `preload`, then fork one kernel per request on `path` (runs until killed)."
     import importlib
+    _single_threaded()   # before any parallel region: no OpenMP pool exists at fork time (see above)
     for m in preload:
         try: importlib.import_module(m)
         except Exception as e: print(f'fork server: preloading {m} failed: {e}', file=sys.stderr)
@@ -103,7 +118,7 @@ def launch(path: str,             # the fork server's socket
 # %% ../nbs/33_forkserver.ipynb #f013a1b2
 SERVERS: dict = {}   # socket path -> the server's Popen (this process's)
 
-def start_fork_server(env: dict | None = None,  # environment of the server and so of its kernels' imports (threads!)
+def start_fork_server(env: dict | None = None,  # environment of the server's imports (its thread counts are set to 1)
                       timeout: float = 120,     # seconds to wait for the preloading
                      ) -> str | None:
     "Start a fork server for this process (it dies with it); sets and returns its socket path, None where unavailable."
@@ -114,7 +129,7 @@ def start_fork_server(env: dict | None = None,  # environment of the server and 
         try: import ctypes; ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, int(signal.SIGTERM))
         except Exception: pass
     proc = subprocess.Popen([sys.executable, '-m', 'contrastive_ablations.forkserver', 'serve', path],
-                            env={**os.environ, **(env or {})}, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
+                            env={**os.environ, **(env or {}), **dict.fromkeys(THREAD_VARS, '1')}, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
     atexit.register(proc.kill)
     t0 = time.monotonic()
     while not os.path.exists(path):

@@ -11,13 +11,13 @@ from typing import Any
 
 from .core import ParameterError, check_profile, same_value
 from .experiments import (Baseline, EXPERIMENTS, Experiment, METRIC_ALIASES, Metric, Part)
-from .safeio import InputFileError, check_name, check_plain_data, load_yaml_limited, read_text_file
+from .safeio import InputFileError, LimitedLoader, check_name, check_plain_data, load_yaml_limited, read_text_file
 
 # %% auto #0
 __all__ = ['DEFAULT_SEEDS', 'SWEEP_OWNED', 'REQUIRED_FIELDS', 'OPTIONAL_FIELDS', 'MAX_SEEDS', 'MAX_SEED', 'PlanError',
-           'register_experiment', 'find_experiment', 'Plan', 'validate_plan', 'plan_from_dict', 'read_yaml_plan',
-           'fix_mojibake', 'all_parts', 'canonical_metric', 'find_part', 'part_value', 'parse_markdown_sections',
-           'read_markdown_plan', 'read_plan_file', 'load_plans']
+           'register_experiment', 'find_experiment', 'Plan', 'validate_plan', 'PlanLoader', 'check_text',
+           'plan_from_dict', 'read_yaml_plan', 'fix_mojibake', 'all_parts', 'canonical_metric', 'find_part',
+           'part_value', 'parse_markdown_sections', 'read_markdown_plan', 'read_plan_file', 'load_plans']
 
 # %% ../nbs/30_plans.ipynb #5c2b6e33
 class PlanError(ValueError):
@@ -109,6 +109,9 @@ def _check_parameter(plan:Plan, exp:Experiment):
 def validate_plan(plan:Plan, profile:str='quick') -> Plan:
     "Check `plan` against its experiment; return it with values coerced to the parameters' types."
     f = plan.source
+    check_text(dict(study=plan.study, notebook=plan.notebook, parameter=plan.parameter, values=plan.values, control=plan.control,
+                    metrics=plan.metrics, fixed=plan.fixed, title=plan.title, description=plan.description,
+                    baselines=[dict(label=b.label, params=b.params) for b in plan.baselines]), f)   # also markdown and in-memory plans
     try: check_name(plan.study, f, 'study')   # it becomes a folder: whole-string match, bounded length
     except InputFileError as e: raise PlanError(f, 'study', e.msg) from None
     try: check_plain_data(dict(values=plan.values, control=plan.control, fixed=plan.fixed, seeds=plan.seeds), f)
@@ -172,12 +175,34 @@ def _baselines(v, file) -> list:
         out.append(Baseline(label if label else '_'.join(f'{k}={_fmt(x)}' for k, x in params.items()), dict(params)))
     return out
 
+# %% ../nbs/30_plans.ipynb #c0de0001
+class PlanLoader(LimitedLoader):
+    "The plans' YAML loader: `LimitedLoader` that reads numbers in scientific notation as YAML 1.2 does (`1e-3`, `5E-2`, `1.0e3`)."
+
+# YAML 1.1 (PyYAML) reads 1e-3 as the text '1e-3' (its floats need a dot and a signed exponent): a trap for small rates
+PlanLoader.add_implicit_resolver('tag:yaml.org,2002:float',
+                                 re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$'), list('-+0123456789.'))
+
+def check_text(obj, file='<plan>', field:str=None):
+    "Raise `PlanError` naming the field when a text in `obj` (keys included) cannot be written as UTF-8 (e.g. a lone surrogate '\\ud800')."
+    if isinstance(obj, str):
+        try: obj.encode('utf-8')
+        except UnicodeEncodeError as e:
+            raise PlanError(file, field, f'{obj[:40]!r} is not valid text: character {ord(obj[e.start]):#06x} at position '
+                            f'{e.start} cannot be written as UTF-8') from None
+    elif isinstance(obj, dict):
+        for k, v in obj.items(): check_text(k, file, field); check_text(v, file, f'{field}.{k}' if field else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj): check_text(v, file, f'{field}[{i}]' if field else f'[{i}]')
+    return obj
+
 # %% ../nbs/30_plans.ipynb #fda3cb0d
 def plan_from_dict(d, file='<plan>') -> Plan:
     "Build a `Plan` from parsed YAML, checking the structure (field presence and shapes)."
     if not isinstance(d, dict): raise PlanError(file, None, f'expected a mapping of plan fields, got {type(d).__name__}')
     try: check_plain_data(d, file)   # types and sizes bounded before any field is interpreted
     except InputFileError as e: raise PlanError(file, e.field, e.msg) from None
+    check_text(d, file)
     unknown = sorted(set(map(str, d)) - set(REQUIRED_FIELDS + OPTIONAL_FIELDS))
     if unknown: raise PlanError(file, unknown[0], f'unknown field; known fields: {", ".join(REQUIRED_FIELDS + OPTIONAL_FIELDS)}')
     for k in REQUIRED_FIELDS:
@@ -197,7 +222,7 @@ def plan_from_dict(d, file='<plan>') -> Plan:
 def read_yaml_plan(path) -> Plan:
     "Parse a YAML plan file (safe loader: plain data only)."
     path = Path(path)
-    try: d = load_yaml_limited(read_text_file(path), path)   # no tags, duplicate keys, alias bombs or deep nesting
+    try: d = load_yaml_limited(read_text_file(path), path, loader_class=PlanLoader)   # no tags, duplicate keys, alias bombs or deep nesting
     except InputFileError as e: raise PlanError(path, e.field, e.msg) from None
     return plan_from_dict(d, path)
 

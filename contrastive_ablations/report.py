@@ -11,14 +11,16 @@ import numpy as np
 import pandas as pd
 
 from .rundata import STATUS_ORDER, Study, find_studies, fmt_value, load_study
-from .seedstats import ALPHA, INTERVAL_METHOD, POWER, compare_with_control, run_counts, summarize
+from .seedstats import (ALPHA, INTERVAL_METHOD, MAX_SEEDS_NEEDED, POWER, compare_with_control, family_comparisons,
+                                             paired_differences, run_counts, seeds_plan, summarize)
 
 # %% auto #0
-__all__ = ['PROFILE_NOTES', 'PROFILE_TAGS', 'headline_metrics', 'profile_banner', 'seeds_sentence', 'status_sentence', 'findings',
-           'study_finding', 'runs_table', 'summary_tables', 'detail_table', 'comparison_tables', 'html_table',
-           'summary_csv', 'write_summary_csvs', 'csv_link', 'sweep_command', 'no_runs_html', 'resolve_runs_dir',
-           'run_url_factory', 'runs_html', 'plan_sentence', 'report_study', 'report_overview', 'format_report',
-           'cli_report']
+__all__ = ['PROFILE_NOTES', 'PROFILE_TAGS', 'PAIRING', 'headline_metrics', 'profile_banner', 'seeds_sentence', 'status_sentence',
+           'findings', 'study_finding', 'family_table', 'family_sentence', 'metric_verdict', 'verdicts',
+           'pairing_sentence', 'seeds_sentences', 'runs_table', 'summary_tables', 'detail_table', 'comparison_tables',
+           'html_table', 'summary_csv', 'seeds_csv', 'write_summary_csvs', 'csv_link', 'sweep_command', 'no_runs_html',
+           'resolve_runs_dir', 'run_url_factory', 'runs_html', 'plan_sentence', 'provenance_sentence', 'left_out_lines',
+           'csv_folder', 'report_study', 'report_overview', 'format_report', 'parse_diffs', 'cli_report']
 
 # %% ../nbs/40_report.ipynb #63f795b0
 def headline_metrics(study: Study) -> list:
@@ -95,11 +97,12 @@ def findings(study: Study) -> list[str]:
     return list(dict.fromkeys(fs))
 
 def _verdict(r, m, k) -> str:
-    "Test result of one comparison row, in words."
+    "Test result of one comparison row, in words; significance is read from the Holm-adjusted p."
     if r['note']: return f"{r['note']}"
     ci = f"95% CI [{_num(r['ci_low'], k, True)}, {_num(r['ci_high'], k, True)}]"
-    if r['p'] < ALPHA: return f"{r['test']}, {ci}, p = {_p(r['p'])}: significant at α = {ALPHA:g}"
-    return (f"{r['test']}, {ci}, p = {_p(r['p'])}: not significant; with this spread only differences larger than "
+    p = f"p = {_p(r['p'])}, Holm-adjusted p = {_p(r['p_holm'])} over the {int(r['family_size'])} tests of the family"
+    if r['p_holm'] < ALPHA: return f"{r['test']}, {ci}, {p}: significant at α = {ALPHA:g} after correction"
+    return (f"{r['test']}, {ci}, {p}: not significant after correction; with this spread only differences larger than "
             f"{_num(r['detectable'], k)}{_unit(m, True)} are detectable at {POWER:.0%} power, so a smaller one could not be excluded")
 
 # %% ../nbs/40_report.ipynb #c639b14f
@@ -124,8 +127,9 @@ def study_finding(study: Study, metric=None, # a Metric (default: the study's fi
            f"at {par} = {best}: {_num(b['mean'], k)}{_unit(metric)}{interval} (n = {int(b.n)})")
     ctrl = s[s.role == 'control']
     if not len(ctrl): return txt + "; the control has no finished run, so no comparison is possible."
-    c = compare_with_control(study, [metric])
-    c = c[c.variant.isin(s.index)] if len(c) else c
+    primary = metric.name in {m.name for m in headline_metrics(study)}
+    c = family_table(study) if primary else family_comparisons(study, [metric])   # p adjusted over the whole family
+    c = c[(c.metric == metric.name) & c.variant.isin(s.index)] if len(c) else c
     k = _diff_digits(c, k)
     if best == ctrl.index[0]:
         if not len(c): return txt + ". That is the control, the only value with results."
@@ -135,6 +139,107 @@ def study_finding(study: Study, metric=None, # a Metric (default: the study's fi
     r = c[c.variant == best].iloc[0]
     return (txt + f", {_num(r['diff'], k, True)}{_unit(metric, True)} relative to the control {par} = {ctrl.index[0]} "
             f"({_verdict(r, metric, k)}).")
+
+# %% ../nbs/40_report.ipynb #b472397d
+def family_table(study: Study) -> pd.DataFrame:
+    "The study's family of comparisons: each value vs the control on each primary (headline) metric, with Holm-adjusted p."
+    return family_comparisons(study, headline_metrics(study))
+
+def family_sentence(study: Study, fam: pd.DataFrame | None = None) -> str:
+    "The family the p-values are adjusted over, in one sentence."
+    fam = family_table(study) if fam is None else fam
+    ms = [m.label for m in headline_metrics(study)]
+    n = int(fam.family_size.iloc[0]) if len(fam) else 0
+    return (f"Family of comparisons: every value and baseline against the control on the {len(ms)} primary metrics "
+            f"({', '.join(ms)}), {n} tests; their p-values are Holm-adjusted together (statsmodels' multipletests), "
+            f"so the chance of any false 'significant' among them stays at α = {ALPHA:g}.")
+
+def _du(m) -> str: return ' pp' if m.unit == '%' else (f" {m.unit}" if m.unit else '')
+
+def _who(study: Study, r) -> str:
+    return f"{r.variant} (baseline)" if r.role == 'baseline' else f"{study.parameter or 'variant'} = {r.variant}"
+
+def metric_verdict(study: Study, m, fam: pd.DataFrame | None = None) -> str:
+    "One short sentence: which values differ from the control on `m` after correction, else the difference the intervals exclude."
+    fam = family_table(study) if fam is None else fam
+    c = fam[fam.metric == m.name] if len(fam) else fam
+    ctrl = f"the control ({study.parameter or 'variant'} = {fmt_value(study.control)})"
+    if not len(c): return f"{m.label}: no comparison with {ctrl} (no finished runs to compare)."
+    k = _diff_digits(c, _digits(summarize(study, [m])['mean']))
+    tested, untested = c[np.isfinite(c.p_holm)], c[~np.isfinite(c.p_holm)]
+    sig = tested[tested.p_holm < ALPHA]
+    better = lambda d: '' if m.higher_is_better is None or d == 0 else (', better' if (d > 0) == m.higher_is_better else ', worse')
+    if len(sig):
+        parts = [f"{_who(study, r)} ({_num(r.diff, k, True)}{_du(m)}{better(r.diff)}, adjusted p = {_p(r.p_holm)})" for r in sig.itertuples()]
+        txt = (f"{m.label}: {'; '.join(parts)} differ{'s' if len(sig) == 1 else ''} from {ctrl} after Holm correction "
+               f"({int(c.family_size.iloc[0])} tests in the family)")
+        if len(tested) > len(sig): txt += f"; the other {len(tested) - len(sig)} tested do not"
+    elif len(tested):
+        bound = float(np.nanmax(np.abs(tested[['ci_low', 'ci_high']].to_numpy())))
+        txt = (f"{m.label}: no value differs from {ctrl} after Holm correction; every 95% interval of the difference lies "
+               f"within ±{_num(bound, k)}{_du(m)}, so a larger difference is excluded")
+    else: txt = f"{m.label}: no comparison with {ctrl} could be tested"
+    if len(untested): txt += f"; {len(untested)} not tested ({untested.note.iloc[0]})"
+    return txt + '.'
+
+def verdicts(study: Study) -> list[str]:
+    "The answer at a glance: one sentence per primary metric (one sentence in all at the smoke profile)."
+    if study.profile == 'smoke' and not study.synthetic:
+        return ["Smoke profile: the runs checked the pipeline, so no verdict is stated."]
+    if not (study.runs.status == 'ok').any(): return ["No finished run reports a metric yet."]
+    fam = family_table(study)
+    return [metric_verdict(study, m, fam) for m in headline_metrics(study)]
+
+# %% ../nbs/40_report.ipynb #fe535333
+PAIRING = {  # experiment -> what a seed sets and what runs with the same seed share (checked in the code of 11_ickd, 23_clel)
+    'ickd': ("A seed sets the training subset (profiles that train on part of the data), the order of the batches, the "
+             "teacher's initial weights (seed) and the student's (seed + 1), and the generators of the random crops and "
+             "flips (seed for the teacher, seed + 1 for the student); the validation and test sets are the same for every "
+             "run. Runs with the same seed are paired: whatever the value of the ablated knob, they start from identical "
+             "weights and see identical batches in the same order (a test checks it for δ and λ), and their augmentations "
+             "stay identical as long as both draw the same random numbers per step; a teacher with λ = 0 computes no "
+             "second view, so its crops and flips differ from its first step on. The student of each run starts from "
+             "the same weights and sees the same augmented batches whatever the teacher was."),
+    'clel': ("A seed sets the training subset, the order of the batches, the initial weights of the energy model (built "
+             "before the encoder, so the same for every framework whose energy model has the same shape) and of the "
+             "encoder, and one generator that draws the dequantisation noise, the replay buffer's initial noise and "
+             "restarts, the SGLD noise and the encoder's augmented views; FID and OOD evaluation draw from generators "
+             "of their own (seed + 1, seed + 2). Runs with the same seed are paired: they see identical batches, and "
+             "their noise stays identical as long as both draw the same random numbers per step; without an encoder "
+             "(framework none) no views are drawn, so its SGLD noise differs from the first step on."),
+}
+
+def pairing_sentence(study: Study) -> str:
+    "What a seed controls in the study's experiment and what paired runs (same seed) share."
+    name = getattr(study.experiment, 'name', None)
+    return PAIRING.get(name, "A seed sets the run's random numbers; runs of different values with the same seed are compared in pairs.")
+
+def _hours(h) -> str: return '—' if not np.isfinite(h) else (f"{h:.1f} run-hours" if h >= 0.1 else f"{60*h:.1f} run-minutes")
+
+def seeds_sentences(study: Study, diffs: dict | None = None, # metric name -> difference to detect (default: see seedstats.seeds_plan)
+                   ) -> list[str]:
+    "Per primary metric: the seeds a paired t test needs to detect a difference at 80% power, and their cost in run-hours."
+    ms = headline_metrics(study)
+    if not ms or not (study.runs.status == 'ok').any(): return []
+    out = []
+    for r in seeds_plan(study, ms, diffs).itertuples():
+        m = study.metric(r.metric); u = _du(m); k = _digits([r.sd_paired, r.diff])
+        if not np.isfinite(r.sd_paired):
+            out.append(f"{m.label}: no spread of paired differences yet (a value needs two seeds paired with the control), "
+                       "so the seeds needed cannot be computed."); continue
+        if not (np.isfinite(r.diff) and r.diff > 0):
+            out.append(f"{m.label}: no difference to detect was given or observed (report --detect {m.name}=DIFF asks for one)."); continue
+        n = lambda x: f"more than {MAX_SEEDS_NEEDED}" if x == math.inf else (f"{int(x)}" if np.isfinite(x) else "—")
+        txt = (f"{m.label}: to detect a difference of {_num(r.diff, k)}{u} ({r.diff_source}) at {POWER:.0%} power, a paired "
+               f"t test needs {n(r.seeds_needed_family)} seeds within the family of {r.family_size} tests (α = {ALPHA:g}/{max(1, r.family_size)}), "
+               f"{n(r.seeds_needed)} for one test alone; the study has {r.seeds_now} (sd of the paired differences "
+               f"{_num(r.sd_paired, k)}{u}, pooled over {r.df} degrees of freedom)")
+        if np.isfinite(r.run_s) and np.isfinite(r.hours_needed_family):
+            txt += (f". At the median run time of {r.run_s:.0f} s and {r.run_points} runs per seed, that is {_hours(r.hours_needed_family)}, "
+                    + (f"{_hours(r.hours_extra_family)} more than now" if r.hours_extra_family > 0 else "no more than the study has"))
+        elif not np.isfinite(r.run_s): txt += "; the run time is not recorded (run_info.json), so the cost is unknown"
+        out.append(txt + '.')
+    return out
 
 # %% ../nbs/40_report.ipynb #cc167738
 def _variant_name(study: Study, v, role) -> str:
@@ -184,9 +289,10 @@ def detail_table(study: Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 def comparison_tables(study: Study, metrics=None) -> list[tuple[str, pd.DataFrame]]:
-    "(family, table) pairs: per headline metric and variant, the difference from the control and its test."
+    "(family, table) pairs: per headline metric and variant, the difference from the control, its test, p and Holm-adjusted p."
     ms = headline_metrics(study) if metrics is None else metrics
-    c, out = compare_with_control(study, ms), []
+    prim = {m.name for m in headline_metrics(study)}
+    c, out = (family_table(study) if {m.name for m in ms} <= prim else family_comparisons(study, ms)), []
     if not len(c): return out
     for fam, fms in _families(study, ms).items():
         rows = []
@@ -196,7 +302,7 @@ def comparison_tables(study: Study, metrics=None) -> list[tuple[str, pd.DataFram
             for r in g.itertuples():
                 rows.append({'metric': m.label, 'variant': _variant_name(study, r.variant, r.role), f'difference{u}': _num(r.diff, k, True),
                              '95% CI of the difference': f"[{_num(r.ci_low, k, True)}, {_num(r.ci_high, k, True)}]" if np.isfinite(r.ci_low) else '—',
-                             'p': _p(r.p), f'detectable at {POWER:.0%} power{u}': _num(r.detectable, k),
+                             'p': _p(r.p), 'p (Holm)': _p(r.p_holm), f'detectable at {POWER:.0%} power{u}': _num(r.detectable, k),
                              'test': r.test if not r.note else f"{r.test}: {r.note}" if r.test != 'none' else r.note})
         out.append((fam, pd.DataFrame(rows)))
     return out
@@ -227,27 +333,47 @@ def summary_csv(study: Study) -> pd.DataFrame:
     s = s.rename(columns={'lo': 'range_lo', 'hi': 'range_hi', 'note': 'interval_note'}).assign(interval_method=INTERVAL_METHOD)
     c = compare_with_control(study)
     if len(c):
-        c = c[['variant', 'metric', 'diff', 'ci_low', 'ci_high', 'p', 'test', 'detectable', 'note']].rename(
+        fam = family_table(study)   # Holm over the primary metrics' comparisons; other metrics: not in the family (NaN)
+        c = c.merge(fam[['variant', 'metric', 'p_holm', 'family_size']], on=['variant', 'metric'], how='left') if len(fam) else c.assign(p_holm=np.nan, family_size=np.nan)
+        c = c[['variant', 'metric', 'diff', 'ci_low', 'ci_high', 'p', 'test', 'detectable', 'note', 'p_holm', 'family_size']].rename(
             columns={'ci_low': 'diff_ci_low', 'ci_high': 'diff_ci_high', 'note': 'comparison_note'})
         s = s.merge(c, on=['variant', 'metric'], how='left')
     s.insert(0, 'study', study.name); s.insert(1, 'profile', study.profile or '')
     return s
 
+def seeds_csv(study: Study) -> pd.DataFrame:
+    "Every seed: one row per run and metric of the plan, with the value, its control on the same seed and their difference."
+    cols = ['study', 'profile', 'run_id', 'variant', 'role', 'seed', 'status', 'metric', 'unit', 'value', 'control_value', 'diff']
+    parts = []
+    for m in study.metrics:
+        if m.name not in study.runs: continue
+        t = study.runs[['run_id', 'variant', 'role', 'seed', 'status']].astype({'variant': str, 'role': str})
+        t = t.assign(metric=m.name, unit=m.unit, value=study.runs[m.name].values)
+        d = paired_differences(study, m).astype({'variant': str}).drop_duplicates(['variant', 'seed'])
+        t = t.merge(d[['variant', 'seed', 'control', 'diff']].rename(columns={'control': 'control_value'}), on=['variant', 'seed'], how='left')
+        t.loc[t.status != 'ok', ['control_value', 'diff']] = np.nan   # a failed run shares its seed with nothing
+        parts.append(t)
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols[2:])
+    out.insert(0, 'study', study.name); out.insert(1, 'profile', study.profile or '')
+    return out[cols]
+
 def write_summary_csvs(runs_dir, # the sweep's runs directory
                        out_dir,  # where <study>.csv go (e.g. the site's results/ folder)
                       ) -> list[Path]:
-    "Write `<study>.csv` (see `summary_csv`) for every study of a runs directory."
+    "Write `<study>.csv` (`summary_csv`) and `<study>_seeds.csv` (`seeds_csv`) for every study of a runs directory."
     from contrastive_ablations.core import atomic_write_text
     out = []
     for d in find_studies(runs_dir):
-        f = Path(out_dir)/f'{d.name}.csv'; atomic_write_text(f, summary_csv(load_study(d)).to_csv(index=False)); out.append(f)
+        st = load_study(d); f, g = Path(out_dir)/f'{d.name}.csv', Path(out_dir)/f'{d.name}_seeds.csv'
+        atomic_write_text(f, summary_csv(st).to_csv(index=False)); atomic_write_text(g, seeds_csv(st).to_csv(index=False)); out += [f, g]
     return out
 
 def csv_link(study: Study) -> str:
-    "An HTML link that downloads the study's summary CSV (embedded in the page: it works offline)."
-    data = urllib.parse.quote(summary_csv(study).to_csv(index=False))
-    name = html.escape(f'{study.name}.csv', quote=True)
-    return f'<p><a href="data:text/csv;charset=utf-8,{data}" download="{name}">Download the summary as CSV ({name})</a></p>'
+    "HTML links that download the study's summary CSV and its per-seed CSV (embedded in the page: they work offline)."
+    link = lambda df, f, what: (f'<a href="data:text/csv;charset=utf-8,{urllib.parse.quote(df.to_csv(index=False))}" '
+                                f'download="{html.escape(f, quote=True)}">{what} ({html.escape(f)})</a>')
+    return (f"<p>{link(summary_csv(study), f'{study.name}.csv', 'Download the summary as CSV')}; "
+            f"{link(seeds_csv(study), f'{study.name}_seeds.csv', 'every seed as CSV')}</p>")
 
 # %% ../nbs/40_report.ipynb #9babb433
 def sweep_command(study: str, profile: str = 'quick', seeds: int | None = None) -> str:
@@ -317,16 +443,65 @@ def _banner_html(study: Study, short: bool = False) -> str:
              else 'border:1px solid #2c7be5; background:#eef5ff')
     return f'<div class="profile-banner" style="{style}; padding:10px 14px; margin:8px 0">{html.escape(profile_banner(study))}</div>'
 
+# %% ../nbs/40_report.ipynb #c0de2001
+def provenance_sentence(study: Study) -> str:
+    "The code version(s) that made the study's runs and the one recipe they share, in one plain sentence."
+    n = lambda k: f"{k} run{'s' if k != 1 else ''}"
+    codes = '; '.join(f'{c} ({n(k)})' for c, k in study.code_versions.items())
+    rec = (f"all compared runs share recipe {study.recipe}" if study.recipe else
+           "recipe unknown: these runs were written before runs recorded their recipe")
+    out = f"Code version{'s' if len(study.code_versions) > 1 else ''}: {codes or 'no runs'}. Recipe: {rec}"
+    if study.left_out: out += f"; {n(len(study.left_out))} left out (another recipe, unknown recipe or invalid), listed below"
+    return out + '.'
+
+def left_out_lines(study: Study) -> list[str]:
+    "One line per run the study leaves out of its tables and statistics, with the reason."
+    return [f"{r['run_id']}: {r['why']}" for r in study.left_out]
+
+# %% ../nbs/40_report.ipynb #c0de2002
+import sys
+from .safeio import OutputError, check_writable, disk_error
+
+def csv_folder(path, studies=()) -> Path:
+    "The folder `report --csv` writes into, checked writable, with no folder where a study's CSV file belongs; `OutputError` otherwise."
+    p = Path(path)
+    if p.exists() and not p.is_dir(): raise OutputError(0, f'{p} is a file, not a folder: give a folder for the CSV files')
+    p = check_writable(p)   # creates it; refuses a read-only or full disk, /proc, no permission
+    for s in studies:
+        for f in (p/f'{s}.csv', p/f'{s}_seeds.csv'):
+            if f.is_dir() or (f.exists() and not f.is_file()):
+                raise OutputError(0, f'{f} exists and is not a file: remove it, or give another --csv folder')
+    return p
+
 # %% ../nbs/40_report.ipynb #44e8131d
+def _glance_parts(study: Study) -> list[tuple[str, str]]:
+    "('md'|'html', text) parts of the answer at a glance: one verdict per primary metric and the family they are corrected over."
+    e = html.escape
+    return [('md', '## The answer at a glance'),
+            ('html', '<ul class="verdicts">' + ''.join(f'<li>{e(v)}</li>' for v in verdicts(study)) + '</ul>'
+             + f'<p><em>{e(family_sentence(study))} The figure shows every comparison of the family; the details follow below.</em></p>')]
+
+def _seeds_parts(study: Study, diffs: dict | None = None) -> list[tuple[str, str]]:
+    "('md'|'html', text) parts: what a seed controls, what paired runs share, and the seeds a difference needs."
+    e, s = html.escape, seeds_sentences(study, diffs)
+    return [('md', '## Seeds: what they control and how many a difference needs'), ('html', f'<p>{e(pairing_sentence(study))}</p>')] + (
+        [('html', '<ul>' + ''.join(f'<li>{e(x)}</li>' for x in s) + '</ul><p><em>Computed with statsmodels\' power of the paired '
+          't test from the spread of the paired differences these seeds show; at α = 0.05 divided by the family size the '
+          'difference also survives the Holm correction. <code>report --detect METRIC=DIFF</code> asks for another difference.</em></p>')] if s else [])
+
 def _head_parts(study: Study) -> list[tuple[str, str]]:
     "('md'|'html', text) parts of a page's head: plan, seeds, problems, findings (the banner comes first, separately)."
     e, out = html.escape, [('html', f'<p>{html.escape(plan_sentence(study) + " " + seeds_sentence(study))}</p>')]
     if isinstance(study.plan.get('description'), str): out.append(('html', f'<p>{e(study.plan["description"])}</p>'))
+    out.append(('html', f'<p>{e(provenance_sentence(study))}</p>'))
     if study.problems:
         out += [('md', '## Files that could not be read'), ('html', '<ul>' + ''.join(f'<li>{e(p)}</li>' for p in study.problems) + '</ul>')]
+    if study.left_out:
+        out += [('md', '## Runs left out'), ('html', '<p>Never paired with the runs below, and not in any table or figure:</p><ul>'
+                                             + ''.join(f'<li>{e(l)}</li>' for l in left_out_lines(study)) + '</ul>')]
     out += [('md', '## What the data show'),
             ('html', '<ul>' + ''.join(f'<li>{e(f)}</li>' for f in findings(study))
-             + f'<li>{e(status_sentence(study))}</li></ul><p><em>These sentences are computed from the tables below.</em></p>')]
+             + f'<li>{e(status_sentence(study))}</li></ul><p><em>These sentences are computed from the tables below; significance is read from the Holm-adjusted p-values.</em></p>')]
     return out
 
 def _table_parts(study: Study) -> list[tuple[str, str]]:
@@ -342,7 +517,9 @@ def _table_parts(study: Study) -> list[tuple[str, str]]:
     if cmp:
         out.append(('md', f'## Comparison with the control\n\nDifference of means (value − control; pp: percentage points) with its '
                           f'95% interval and p-value: *paired t* when every seed of the value has the same seed in the control, '
-                          f'*Welch t* otherwise. **Detectable at {POWER:.0%} power**: the smallest true difference a test at '
+                          f'*Welch t* otherwise. **p (Holm)**: the p-value adjusted over the family of every comparison with the control on the '
+                          f'primary metrics (Holm\'s method); a difference is significant when it is below α = {ALPHA:g}. '
+                          f'**Detectable at {POWER:.0%} power**: the smallest true difference a test at '
                           f'α = {ALPHA:g} finds with {POWER:.0%} probability, given the spread these seeds show; a '
                           'non-significant difference says nothing about differences smaller than that.'))
         out += [('html', html_table(t, caption=fams.get(fam, fam))) for fam, t in cmp]
@@ -352,8 +529,9 @@ def _table_parts(study: Study) -> list[tuple[str, str]]:
 def report_study(study, # a `Study` or the path of runs/<study>
                  run_url=None, # callable (study name, run_id) -> href of the run's rendered notebook
                  display_fn=None, # where output goes (default: IPython display)
+                 diffs=None,      # metric name -> difference the seeds-needed sentences ask about (default: declared or largest observed)
                 ):
-    "Display a study's results page: banner, plan, findings, tables, figures, failures, linked runs, CSV."
+    "Display a study's results page: banner, verdicts and forest plot, plan, findings, seeds, tables, figures, failures, linked runs, CSVs."
     import matplotlib.pyplot as plt
     from IPython.display import display, Markdown, HTML
     from contrastive_ablations.figures import study_figures
@@ -365,7 +543,11 @@ def report_study(study, # a `Study` or the path of runs/<study>
         study = load_study(p)
     put('html', _banner_html(study))
     if not len(study.runs): put('html', no_runs_html(study.name, study.path.parent)); return study
-    for kind, s in _head_parts(study) + _table_parts(study): put(kind, s)
+    from contrastive_ablations.figures import plot_differences
+    for kind, s in _glance_parts(study): put(kind, s)
+    f = plot_differences(study, headline_metrics(study), family_table(study))
+    if f is not None: show(f); plt.close(f)
+    for kind, s in _head_parts(study) + _seeds_parts(study, diffs) + _table_parts(study): put(kind, s)
     for head, f in study_figures(study): put('md', f'## {head}'); show(f); plt.close(f)
     bad = study.runs[study.runs.status != 'ok']
     put('md', f'## Runs that did not finish ok\n\n{len(bad)} of {len(study.runs)} runs.')
@@ -403,35 +585,46 @@ def report_overview(runs_dir, # the sweep's runs directory
 def _wrap(text: str, width: int, indent: str = '') -> list[str]:
     return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=' ' * len(indent)) or ['']
 
-def _metric_block(study: Study, m, width: int) -> list[str]:
-    "Summary and comparison of one metric, one line per variant."
-    s = summarize(study, [m]).set_index('variant'); c = compare_with_control(study, [m])
+def _metric_block(study: Study, m, width: int, fam: pd.DataFrame | None = None) -> list[str]:
+    "Summary and comparison of one metric, one line per variant (p Holm: adjusted over the family `fam`)."
+    s = summarize(study, [m]).set_index('variant')
+    fam = family_table(study) if fam is None else fam
+    c = fam[fam.metric == m.name] if len(fam) and (fam.metric == m.name).any() else family_comparisons(study, [m])
     c = c.set_index('variant') if len(c) else pd.DataFrame()
     k = _digits(s['mean']); kd = _diff_digits(c, k) if len(c) else k
-    out = [f"{m.label}" + (f" ({m.unit})" if m.unit else '') + f"; detect.: detectable at {POWER:.0%} power",
-           f"  {'variant':<18}{'n':>3} {'mean':>9} {'95% interval':<19}{'diff':>10} {'95% CI of diff':<19}{'p':>7}{'detect.':>9}"]
+    out = _wrap(f"{m.label}" + (f" ({m.unit})" if m.unit else '') + f"; p Holm: adjusted over the family; detect.: detectable at {POWER:.0%} power", width) + [
+           f"  {'variant':<16}{'n':>3} {'mean':>8} {'95% interval':<18}{'diff':>9} {'95% CI of diff':<18}{'p':>7}{'p Holm':>7} {'detect.':>8}"]
     notes = []
     for v, r in s.iterrows():
         iv = f"[{_num(r.ci_low, k)}, {_num(r.ci_high, k)}]" if np.isfinite(r.ci_low) else '—'
-        line = f"  {_variant_name(study, v, r.role)[:17]:<18}{int(r.n):>3} {_num(r['mean'], k):>9} {iv[:18]:<19}"
+        line = f"  {_variant_name(study, v, r.role)[:15]:<16}{int(r.n):>3} {_num(r['mean'], k):>8} {iv[:17]:<18}"
         if v in c.index:
             x = c.loc[v]; ci = f"[{_num(x.ci_low, kd, True)}, {_num(x.ci_high, kd, True)}]" if np.isfinite(x.ci_low) else '—'
-            line += f"{_num(x['diff'], kd, True):>10} {ci[:18]:<19}{_p(x.p):>7}{_num(x.detectable, kd):>9}"
+            line += f"{_num(x['diff'], kd, True):>9} {ci[:17]:<18}{_p(x.p):>7}{_p(x.p_holm):>7} {_num(x.detectable, kd):>8}"
             if x.note: notes.append(f"{v}: {x.note}")
         out.append(line.rstrip()[:width])
     return out + [l for n in notes for l in _wrap(n, width, '    note: ')]
 
-def format_report(study: Study, width: int = 100) -> str:
+def format_report(study: Study, width: int = 100,
+                  diffs: dict | None = None, # metric name -> difference the seeds-needed lines ask about
+                 ) -> str:
     "Plain-text report of one study, lines at most `width` characters."
     head = f"=== {study.name}: {study.parameter}, control {fmt_value(study.control)} "
     out = [(head + '=' * width)[:width]]
     out += _wrap(profile_banner(study).upper() if study.profile == 'smoke' or study.synthetic else profile_banner(study), width)
     out += _wrap(plan_sentence(study) + ' ' + seeds_sentence(study), width)
+    out += _wrap(provenance_sentence(study), width)
     out += [l for p in study.problems for l in _wrap(p, width, 'problem: ')]
+    out += [l for p in left_out_lines(study) for l in _wrap(p, width, 'left out: ')]
+    out += ['', 'The answer at a glance:'] + [l for v in verdicts(study) for l in _wrap(v, width, '* ')]
+    out += _wrap(family_sentence(study), width)
     out += [''] + [l for f in findings(study) for l in _wrap(f, width, '- ')]
     out += _wrap(status_sentence(study), width, '- ')
     out += ['', 'Runs:'] + ['  ' + l[:width - 2] for l in runs_table(study).to_string(index=False).splitlines()]
-    for m in headline_metrics(study): out += [''] + _metric_block(study, m, width)
+    fam = family_table(study)
+    for m in headline_metrics(study): out += [''] + _metric_block(study, m, width, fam)
+    seeds = seeds_sentences(study, diffs)
+    if seeds: out += ['', 'Seeds needed (paired t test, 80% power):'] + [l for x in seeds for l in _wrap(x, width, '- ')]
     rest = len(study.metrics) - len(headline_metrics(study))
     if rest: out += ['', f"{rest} more metrics of the plan are in the summary CSV (report --csv DIR) and on the results page."]
     bad = study.runs[study.runs.status != 'ok']
@@ -440,25 +633,56 @@ def format_report(study: Study, width: int = 100) -> str:
     return '\n'.join(out)
 
 # %% ../nbs/40_report.ipynb #cb1f8769
+def parse_diffs(items) -> dict:
+    "['teacher_top1=0.5', ...] -> {'teacher_top1': 0.5}; a ValueError names the item that is not METRIC=DIFF with DIFF > 0."
+    out = {}
+    for it in items or []:
+        name, eq, val = str(it).partition('=')
+        try: d = float(val)
+        except ValueError: d = math.nan
+        if not (eq and name.strip() and math.isfinite(d) and d > 0):
+            raise ValueError(f"{it!r}: give METRIC=DIFF with a positive number, e.g. teacher_top1=0.5")
+        out[name.strip()] = d
+    return out
+
 def cli_report(argv=None) -> int:
-    "`report RUNS_DIR [--study NAME] [--csv DIR]`: print the report of every study in a runs directory."
+    "`report RUNS_DIR [--study NAME] [--csv DIR] [--detect METRIC=DIFF]`: print the report of every study in a runs directory."
     ap = argparse.ArgumentParser(prog='python -m contrastive_ablations report', description=cli_report.__doc__)
     ap.add_argument('runs_dir', nargs='?', default=None, help='runs directory written by the sweep (default: $CONTRASTIVE_ABLATIONS_RUNS, else runs/<profile> or runs/)')
     ap.add_argument('--study', action='append', help='only this study (repeatable)')
-    ap.add_argument('--csv', metavar='DIR', help="also write each study's summary as DIR/<study>.csv")
+    ap.add_argument('--csv', metavar='DIR', help="also write each study's summary as DIR/<study>.csv and every seed as DIR/<study>_seeds.csv")
+    ap.add_argument('--detect', metavar='METRIC=DIFF', action='append', default=[],
+                    help='the difference the seeds-needed lines ask about, e.g. teacher_top1=0.5 (repeatable; default: the '
+                         "metric's declared minimal meaningful difference, else the largest observed)")
     a = ap.parse_args(argv)
+    try: diffs = parse_diffs(a.detect)
+    except ValueError as e: ap.error(f'--detect: {e}')
     a.runs_dir = resolve_runs_dir(a.runs_dir)
     studies = find_studies(a.runs_dir)
     if a.study:
         unknown = set(a.study) - {s.name for s in studies}
         if unknown: ap.error(f"--study: no runs for {', '.join(sorted(unknown))} in {a.runs_dir}; found: {', '.join(s.name for s in studies) or 'none'}")
         studies = [s for s in studies if s.name in a.study]
+    if diffs:
+        known = {m.name for s in studies for m in load_study(s).metrics}
+        if set(diffs) - known:
+            ap.error(f"--detect: {', '.join(sorted(set(diffs) - known))} is not a metric of these studies; known: {', '.join(sorted(known))}")
     if not studies:
         print(f"No studies in {a.runs_dir!s}. Produce them with: make ablations PROFILE=quick "
               f"(or: python -m contrastive_ablations sweep plans/*.yaml --profile quick --out {a.runs_dir})")
         return 1
     from contrastive_ablations.core import atomic_write_text
+    if a.csv:   # refused before any report is printed: a file, a folder under /proc, a read-only or full disk
+        try: csv_dir = csv_folder(a.csv, [s.name for s in studies])
+        except OutputError as e: print(f'report: --csv: {e}', file=sys.stderr); return 2
     for s in studies:
-        st = load_study(s); print(format_report(st), end='\n\n')
-        if a.csv: atomic_write_text(Path(a.csv)/f'{st.name}.csv', summary_csv(st).to_csv(index=False))
+        st = load_study(s); print(format_report(st, diffs=diffs), end='\n\n')
+        if a.csv:
+            try:
+                atomic_write_text(csv_dir/f'{st.name}.csv', summary_csv(st).to_csv(index=False))
+                atomic_write_text(csv_dir/f'{st.name}_seeds.csv', seeds_csv(st).to_csv(index=False))
+            except OSError as e:   # e.g. the disk filled up meanwhile: the files written so far are whole
+                print(f'report: --csv: cannot write {csv_dir/st.name}.csv ({disk_error(e) or e.strerror or e})', file=sys.stderr)
+                return 2
+    if a.csv: from contrastive_ablations.export import write_runs_table; write_runs_table(a.runs_dir, csv_dir)   # every run of every study: DIR/runs.parquet
     return 0

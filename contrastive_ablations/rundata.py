@@ -14,14 +14,17 @@ import pandas as pd
 from .core import RUN_STATUSES, metrics_problems, read_json, same_value
 
 # %% auto #0
-__all__ = ['STATUS_ORDER', 'read_checked', 'read_run', 'fmt_value', 'find_studies', 'Study', 'experiment_of', 'metric_decl',
-           'plan_metrics', 'load_study']
+__all__ = ['STATUS_ORDER', 'read_checked', 'read_run', 'code_version', 'fmt_value', 'find_studies', 'Study', 'experiment_of',
+           'metric_decl', 'plan_metrics', 'identity_problem', 'split_recipes', 'load_study']
 
 # %% ../nbs/37_rundata.ipynb #839ca708
 def read_checked(path,        # a JSON file
                  kind=dict,   # the Python type its top level must have
                 ) -> tuple:
     "(content, None) for a readable JSON file of `kind`, else (None, a problem naming the path)."
+    p = Path(path)
+    if p.exists() and not p.is_file():   # a folder, or a named pipe that would block the read forever
+        return None, f"{path}: is not a file ({'a folder' if p.is_dir() else 'a pipe, socket or device'})"
     try: return read_json(path, kind), None
     except ValueError as e: return None, str(e)   # core.read_json names the path: not JSON, or not of `kind`
     except OSError as e: return None, f"{path}: cannot be read ({e.strerror or e})"
@@ -60,7 +63,19 @@ def read_run(d,  # a run folder
     if problems: status = 'invalid'
     elif status is None: status = 'failed' if err else 'incomplete'
     error = '; '.join(problems) or (last[-1][:300] if last else '')
-    return dict(run_id=d.name, path=str(d), status=status, error=error, params=params, metrics=metrics)
+    info = read_checked(d/'run_info.json')[0] if (d/'run_info.json').is_file() else None   # not essential: unreadable = not recorded
+    info = info if isinstance(info, dict) else {}
+    recipe = info.get('recipe_hash') if isinstance(info.get('recipe_hash'), str) else None
+    return dict(run_id=d.name, path=str(d), status=status, error=error, params=params, metrics=metrics, recipe=recipe,
+                code=code_version(info))
+
+def code_version(info: dict) -> str | None:
+    "The code that made a run, from its run_info.json: 'package VERSION, commit C (modified tree)', or None when not recorded."
+    v, g = info.get('package_version'), info.get('git') if isinstance(info.get('git'), dict) else {}
+    if not isinstance(v, str): return None
+    c = g.get('commit')
+    return (f'package {v}' + (f', commit {str(c)[:10]}' if isinstance(c, str) else ', commit not recorded')
+            + (' (modified tree)' if g.get('dirty') is True else ''))
 
 # %% ../nbs/37_rundata.ipynb #3925175f
 def fmt_value(v) -> str:
@@ -89,6 +104,9 @@ class Study:
     problems: list = field(default_factory=list)    # study files that could not be read, each naming its path
     param_names: list = field(default_factory=list)  # parameter columns of `runs`
     metric_names: list = field(default_factory=list) # metric columns of `runs`
+    left_out: list = field(default_factory=list)     # runs not in `runs`, each {'run_id', 'path', 'why'}: another recipe, a wrong identity
+    recipe: str | None = None  # hash of the recipe of the runs in `runs` (None: recipe unknown, runs written before recipes were recorded)
+    code_versions: dict = field(default_factory=dict) # code version -> number of runs in `runs` it made ('not recorded' for old runs)
 
     @property
     def parameter(self) -> str: return self.plan.get('parameter')
@@ -187,6 +205,47 @@ def _variant_order(runs: pd.DataFrame, plan: dict) -> list:
         order = sorted(main.variant, key=lambda l: (plan_vals.index(l) if l in plan_vals else len(plan_vals), l))
     return order + sorted((v for v in runs.variant.drop_duplicates() if v not in order), key=str)
 
+# %% ../nbs/37_rundata.ipynb #c0de1002
+def identity_problem(rec: dict,         # a `read_run` record
+                     experiment=None,   # its experiments.Experiment (None: not a declared experiment)
+                     entry: dict=None,  # the manifest's entry for the run, if any
+                    ) -> str | None:
+    "Why a run folder's params.json is not the run its folder name (and the manifest) says; None when they agree."
+    from contrastive_ablations.sweep import RUN_ID_RE, params_hash
+    from contrastive_ablations.experiments import profile_recipe, recipe_hash
+    p, path = rec.get('params') or {}, Path(rec['path'])
+    if not p: return None
+    want = {k: v for k, v in ((entry or {}).get('params') or {}).items() if k != 'out_dir'}
+    bad = [k for k, v in want.items() if k not in p or not same_value(v, p[k])]
+    if bad:
+        return (f"{path/'params.json'} says {', '.join(f'{k}={p.get(k)!r}' for k in bad[:3])} where the sweep ran "
+                f"{', '.join(f'{k}={want[k]!r}' for k in bad[:3])}: the folder does not hold the run the manifest lists")
+    m = RUN_ID_RE.fullmatch(path.name)
+    if m is None: return None   # a folder name without the sweep's identity hash (written by hand)
+    recipes, forms = {None, rec.get('recipe')}, [p]
+    if experiment is not None:
+        try: forms.append(experiment.validate(p))   # the values as the sweep hashed them (1 -> 1.0 for a float knob)
+        except ValueError: pass
+        if p.get('profile') in experiment.profiles: recipes.add(recipe_hash(profile_recipe(experiment, p['profile'])))
+    if any(params_hash(f, r)[:8] == m.group(1) for f in forms for r in recipes): return None
+    return (f"{path/'params.json'}: its parameters do not give the identity hash {m.group(1)} of the folder's name: "
+            "the folder does not hold the run its name says")
+
+def split_recipes(recs: list, manifest: dict) -> tuple:
+    "(runs of the study's recipe, runs left out with why, that recipe's hash or None when no run records one)."
+    from collections import Counter
+    known = [r['recipe'] for r in recs if r.get('recipe')]
+    current = manifest.get('recipe_hash') if isinstance(manifest.get('recipe_hash'), str) else (
+        Counter(known).most_common(1)[0][0] if known else None)
+    if current is None: return recs, [], None
+    kept, out = [], []
+    for r in recs:
+        if r.get('recipe') == current: kept.append(r); continue
+        why = (f"made by another recipe ({r['recipe']}) than the study's ({current})" if r.get('recipe') else
+               f"recipe unknown (written before runs recorded their recipe): not mixed with the runs of recipe {current}")
+        out.append(dict(run_id=r['run_id'], path=r['path'], why=why))
+    return kept, out, current
+
 # %% ../nbs/37_rundata.ipynb #6017ee67
 def load_study(study_dir,          # runs/<study>: manifest.json and one folder per run
                experiments=None,   # name -> Experiment (default: contrastive_ablations.experiments.EXPERIMENTS)
@@ -202,7 +261,19 @@ def load_study(study_dir,          # runs/<study>: manifest.json and one folder 
     for r in recs:   # a run that never wrote params.json still has the parameters the sweep gave it
         m = listed.get(r['run_id'])
         if m and not r['params']: r['params'] = dict(m.get('params') or {}, seed=m.get('seed'))
-    have = {r['run_id'] for r in recs}
+    left_out, kept = [], []
+    for r in recs:   # a folder whose params.json is not the run its name says is never a value of the study
+        why = identity_problem(r, exp, listed.get(r['run_id']))
+        if why is None: kept.append(r)
+        elif r['run_id'] in listed:   # the sweep's run, at the place the sweep gave it: invalid
+            m = listed[r['run_id']]
+            kept.append({**r, 'status': 'invalid', 'error': why, 'metrics': {}, 'params': dict(m.get('params') or {}, seed=m.get('seed'))})
+        else: left_out.append(dict(run_id=r['run_id'], path=r['path'], why=f'invalid: {why}'))
+    recs, other, recipe = split_recipes(kept, manifest)
+    left_out += other
+    codes = {}
+    for r in recs: codes[r.get('code') or 'not recorded'] = codes.get(r.get('code') or 'not recorded', 0) + 1
+    have = {r['run_id'] for r in recs} | {r['run_id'] for r in left_out}
     recs += [dict(run_id=rid, path=str(study_dir/rid), status='incomplete', error=f"not run yet ({m.get('state', 'no folder')})",
                   params=dict(m.get('params') or {}, seed=m.get('seed')), metrics={}) for rid, m in listed.items() if rid not in have]
     params = pd.DataFrame([r['params'] for r in recs], index=range(len(recs)))
@@ -225,4 +296,4 @@ def load_study(study_dir,          # runs/<study>: manifest.json and one folder 
     runs = runs.sort_values(['variant', 'seed', 'run_id'], kind='stable',   # seeds read from files may be of any type
                             key=lambda c: pd.to_numeric(c, errors='coerce') if c.name == 'seed' else c).reset_index(drop=True)
     return Study(study_dir.name, study_dir, plan, manifest, runs, plan_metrics(plan, exp, mnames, problems), exp,
-                 problems, pnames, mnames)
+                 problems, pnames, mnames, left_out, recipe, codes)

@@ -106,12 +106,13 @@ def load_yaml_limited(text:str,        # the document
                       path='<yaml>',   # its file, for errors
                       max_nodes:int=None, # values after following aliases (default: 10 per byte + 1000, at most MAX_YAML_NODES)
                       max_depth:int=LimitedLoader.max_depth,
+                      loader_class=None, # a subclass of LimitedLoader (e.g. one that reads more numbers); default LimitedLoader
                      ):
     "Parse one YAML document into plain data, refusing tags, duplicate keys, alias bombs and deep nesting."
     if max_nodes is None: max_nodes = min(MAX_YAML_NODES, 1000 + 10 * len(text))
     loader = None
     try:
-        loader = LimitedLoader(text)   # the reader already refuses control characters here
+        loader = (loader_class or LimitedLoader)(text)   # the reader already refuses control characters here
         loader.max_depth = max_depth
         node = loader.get_single_node()
         if node is None: return None

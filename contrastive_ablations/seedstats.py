@@ -4,17 +4,22 @@
 
 # %% ../nbs/38_seedstats.ipynb #2b8ab44a
 from __future__ import annotations
-import math
+import math, warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from .rundata import STATUS_ORDER, Study
 
 # %% auto #0
-__all__ = ['LEVEL', 'ALPHA', 'POWER', 'INTERVAL_METHOD', 'metric_range', 'seed_stats', 'detectable_difference', 'compare_samples',
-           'run_counts', 'summarize', 'compare_with_control']
+__all__ = ['LEVEL', 'ALPHA', 'POWER', 'INTERVAL_METHOD', 'FAMILY_METHOD', 'FAMILY_NOTE', 'MAX_SEEDS_NEEDED', 'metric_range',
+           'seed_stats', 'detectable_difference', 'compare_samples', 'run_counts', 'summarize', 'compare_with_control',
+           'holm', 'family_comparisons', 'paired_differences', 'seeds_needed', 'pooled_paired_sd', 'run_seconds',
+           'seeds_plan']
 
 # %% ../nbs/38_seedstats.ipynb #eed82577
 LEVEL, ALPHA, POWER = 0.95, 0.05, 0.8   # interval level, test level, power of the detectable difference
@@ -139,4 +144,109 @@ def compare_with_control(study: Study, metrics=None, level: float = LEVEL) -> pd
             lo, hi = metric_range(m)
             c = compare_samples(okv[m.name], ctrl[m.name], list(okv.seed), list(ctrl.seed), hi - lo, level)
             rows.append(dict(variant=v, role=g.role.iloc[0], metric=m.name, unit=m.unit, **c))
+    return pd.DataFrame(rows)
+
+# %% ../nbs/38_seedstats.ipynb #b720f58d
+FAMILY_METHOD = 'holm'   # statsmodels' name of the multiplicity correction
+FAMILY_NOTE = ("Holm-adjusted over the family: every comparison with the control on the study's primary metrics "
+               "(family-wise error rate α = {alpha:g})")
+
+def holm(p) -> np.ndarray:
+    "Holm-adjusted p-values (statsmodels' multipletests); NaN (no test) stays NaN and is not counted in the family."
+    p = np.asarray(p, dtype=float).ravel(); out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any(): out[ok] = multipletests(p[ok], alpha=ALPHA, method=FAMILY_METHOD)[1]
+    return out
+
+def family_comparisons(study: Study, metrics, # the primary metrics: the family is every comparison with the control on them
+                       level: float = LEVEL) -> pd.DataFrame:
+    "`compare_with_control` on `metrics` with `p_holm` (adjusted over all of them) and `family_size` (tests in the family)."
+    # a results page reads the family many times: computed once per study (and per runs table, should it be replaced)
+    key, cache = (tuple(m.name for m in metrics), level, id(study.runs)), study.__dict__.setdefault('_family_cache', {})
+    if key not in cache:
+        c = compare_with_control(study, metrics, level)
+        if len(c): c = c.assign(p_holm=holm(c['p']), family_size=int(np.isfinite(c['p']).sum()))
+        cache[key] = c
+    return cache[key].copy()
+
+# %% ../nbs/38_seedstats.ipynb #1cd6e38e
+def paired_differences(study: Study, metric) -> pd.DataFrame:
+    "Long table: variant, role, seed, value, control and diff (value − control) for each seed both finished."
+    ok = study.ok(); cols = ['variant', 'role', 'seed', 'value', 'control', 'diff']
+    if metric.name not in ok: return pd.DataFrame(columns=cols)
+    x = pd.to_numeric(ok[metric.name], errors='coerce')
+    ok = ok.assign(x_=x)[np.isfinite(x)]
+    ctrl = ok[ok.role == 'control'].drop_duplicates('seed').set_index('seed')['x_']
+    rows = [dict(variant=r.variant, role=r.role, seed=r.seed, value=r.x_, control=ctrl[r.seed], diff=r.x_ - ctrl[r.seed])
+            for r in ok[ok.role != 'control'].itertuples() if r.seed in ctrl.index]
+    return pd.DataFrame(rows, columns=cols)
+
+# %% ../nbs/38_seedstats.ipynb #a2c3e50e
+MAX_SEEDS_NEEDED = 10_000   # beyond this the answer is "more than"; the power solver is not asked further
+
+def seeds_needed(sd: float,     # standard deviation of the paired differences (value − control, same seed)
+                 diff: float,   # the true difference to detect, in the metric's unit
+                 alpha: float = ALPHA, power: float = POWER) -> float:
+    "Pairs of seeds a two-sided paired t test needs to detect `diff` with probability `power` (statsmodels' TTestPower); NaN without spread, inf beyond MAX_SEEDS_NEEDED."
+    if not (np.isfinite(sd) and sd > 0 and np.isfinite(diff) and diff != 0): return np.nan
+    es = abs(diff) / sd
+    with warnings.catch_warnings():   # statsmodels returns NaN (with a warning) where its solver or nct underflows
+        warnings.simplefilter('ignore')
+        try: n = float(TTestPower().solve_power(effect_size=es, nobs=None, alpha=alpha, power=power, alternative='two-sided'))
+        except (ValueError, RuntimeError, ArithmeticError): n = np.nan
+    if np.isfinite(n): return float(max(2, math.ceil(n - 1e-9))) if n <= MAX_SEEDS_NEEDED else math.inf
+    # very large or very small effects: the same power, from scipy's non-central t, pair by pair
+    def pw(k):
+        tc, ncp = stats.t.ppf(1 - alpha/2, k - 1), es * math.sqrt(k)
+        return stats.nct.sf(tc, k - 1, ncp) + np.nan_to_num(stats.nct.cdf(-tc, k - 1, ncp))
+    if pw(MAX_SEEDS_NEEDED) < power: return math.inf
+    lo, hi = 2, MAX_SEEDS_NEEDED
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if pw(mid) >= power: hi = mid
+        else: lo = mid + 1
+    return float(lo)
+
+def pooled_paired_sd(study: Study, metric) -> tuple[float, int]:
+    "(sd, df) of the paired differences with the control, pooled over the values (variances weighted by df)."
+    d = paired_differences(study, metric)
+    if not len(d): return np.nan, 0
+    g = d.astype({'diff': float}).groupby('variant', observed=True)['diff'].agg(['var', 'count'])
+    g = g[(g['count'] > 1) & np.isfinite(g['var'])]
+    df = int((g['count'] - 1).sum())
+    return (math.sqrt(((g['count'] - 1) * g['var']).sum() / df), df) if df else (np.nan, 0)
+
+def run_seconds(study: Study) -> float:
+    "Median wall time of the study's finished runs (notebook_wall_s of run_info.json); NaN when none is recorded."
+    from contrastive_ablations.core import read_json
+    t = []
+    for p in study.ok().path:
+        try: v = read_json(Path(p)/'run_info.json').get('notebook_wall_s')
+        except (OSError, ValueError): continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0: t.append(float(v))
+    return float(np.median(t)) if t else np.nan
+
+def seeds_plan(study: Study, metrics, # the primary metrics
+               diffs: dict | None = None, # metric name -> difference to detect (default: declared min_diff, else the largest observed)
+               power: float = POWER, alpha: float = ALPHA) -> pd.DataFrame:
+    "Per metric: the difference to detect, the paired sd, seeds now, seeds needed (alone and within the family) and their cost in run-hours."
+    diffs, rows = dict(diffs or {}), []
+    fam = family_comparisons(study, metrics)
+    m_family = int(fam.family_size.iloc[0]) if len(fam) else 0
+    points = study.runs.variant.nunique() if len(study.runs) else 0
+    now = int(study.ok().groupby('variant', observed=True).seed.nunique().min()) if len(study.ok()) else 0
+    secs = run_seconds(study)
+    for m in metrics:
+        sd, df = pooled_paired_sd(study, m)
+        obs = fam[fam.metric == m.name]['diff'].abs() if len(fam) else pd.Series(dtype=float)
+        if m.name in diffs: d, src = float(diffs[m.name]), 'given'
+        elif getattr(m, 'min_diff', None): d, src = float(m.min_diff), 'declared minimal meaningful difference'
+        elif (obs > 0).any(): d, src = float(obs.max()), 'largest observed difference'
+        else: d, src = np.nan, 'no difference observed'
+        n1 = seeds_needed(sd, d, alpha, power)
+        nf = seeds_needed(sd, d, alpha / max(1, m_family), power)
+        cost = lambda n: n * points * secs / 3600 if np.isfinite(n) else np.nan
+        rows.append(dict(metric=m.name, unit=m.unit, diff=d, diff_source=src, sd_paired=sd, df=df, seeds_now=now,
+                         seeds_needed=n1, seeds_needed_family=nf, family_size=m_family, run_points=points, run_s=secs,
+                         hours_needed_family=cost(nf), hours_extra_family=cost(max(0.0, nf - now)) if np.isfinite(nf) else np.nan))
     return pd.DataFrame(rows)

@@ -4,15 +4,16 @@
 
 # %% ../nbs/41_site.ipynb #1032488e
 from __future__ import annotations
-import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, stat, subprocess, sys, tempfile, time
 from pathlib import Path
 
 from .core import package_root
 
 # %% auto #0
-__all__ = ['KATEX_DIRS', 'KATEX_CDN', 'MARKER', 'repo_root', 'renderer_available', 'execute_notebook', 'execute_in_subprocess',
-           'package_fingerprint', 'runs_fingerprint', 'cached_execute', 'convert_run_notebooks', 'sweep_run',
-           'proc_nbs_safely', 'doc_base_url', 'localize_doc_links', 'find_katex', 'make_offline', 'external_loads',
+__all__ = ['KATEX_DIRS', 'KATEX_CDN', 'MARKER', 'BUILD_MARKER', 'repo_root', 'renderer_available', 'execute_notebook',
+           'execute_in_subprocess', 'package_fingerprint', 'runs_fingerprint', 'artefacts_fingerprint',
+           'cached_execute', 'convert_run_notebooks', 'sweep_run', 'proc_nbs_safely', 'doc_base_url',
+           'localize_doc_links', 'find_katex', 'make_offline', 'external_loads', 'check_out_dir', 'check_build_dir',
            'build_site', 'cli_site']
 
 # %% ../nbs/41_site.ipynb #f05f581e
@@ -58,6 +59,15 @@ def _capture_shell(cwd):
     return Shell(path=cwd, mpl_format='retina')
 
 # %% ../nbs/41_site.ipynb #666277eb
+def _where(exc, src: str) -> str:
+    "', line N (`code`)' of the line of the cell where `exc` was raised ('' when the traceback does not reach the cell)."
+    import traceback
+    lines = src.splitlines()
+    for fr in reversed(traceback.extract_tb(exc.__traceback__)):
+        if fr.lineno and 0 < fr.lineno <= len(lines) and fr.line and lines[fr.lineno - 1].strip() == fr.line.strip():
+            return f", line {fr.lineno} ({fr.line.strip()[:80]!r})"
+    return ''
+
 def execute_notebook(src,                  # notebook to run
                      dst,                  # where to save it with outputs
                      skip_flags=(),        # cells flagged with any of these (e.g. 'slow') are not run
@@ -82,7 +92,7 @@ def execute_notebook(src,                  # notebook to run
             if _no_eval(cell.source) or _flags(cell.source) & set(skip_flags): skipped += 1; continue
             sh.cell(cell)
             if sh.exc:
-                errors.append(f"cell {i}: {type(sh.exc).__name__}: {str(sh.exc)[:200]}"); sh.exc = None
+                errors.append(f"cell {i}{_where(sh.exc, cell.source)}: {type(sh.exc).__name__}: {str(sh.exc)[:200]}"); sh.exc = None
     finally: os.chdir(old)
     dst.parent.mkdir(parents=True, exist_ok=True)
     write_nb(nb, dst)
@@ -122,47 +132,112 @@ def package_fingerprint() -> str:
     files = sorted(pkg.rglob('*.py'))
     return f"{contrastive_ablations.__version__}+{_sha(*[f.relative_to(pkg).as_posix().encode() + b':' + f.read_bytes() for f in files])[:12]}"
 
-def runs_fingerprint(runs_dir) -> str:
+def _file_rows(top: Path, skipped: list | None, by_content=()) -> list[str]:
+    "'path:size:mtime' of the files under `top` ('path:hash' for names in `by_content`; symlinks followed, loops and unreadable entries left out and listed in `skipped`)."
+    rows = []
+    def unreadable(e): skipped is not None and skipped.append(f"{e.filename}: {e.strerror}")
+    for d, dirs, files in os.walk(top, followlinks=True, onerror=unreadable):   # runs shared by two studies are symlinks
+        here = os.path.realpath(d)
+        dirs[:] = [s for s in dirs if not s.startswith('.')]   # work in progress, entries being removed
+        for sub in list(dirs):   # a link to this folder or to one above it would be walked forever
+            there = os.path.realpath(os.path.join(d, sub))
+            if here == there or here.startswith(there.rstrip(os.sep) + os.sep):
+                dirs.remove(sub)
+                if skipped is not None: skipped.append(f"{os.path.join(d, sub)}: a symlink loop (it points to {there})")
+        for f in files:
+            if f.startswith('.') or f.endswith('.lock'): continue   # locks and partial files of work in progress
+            try: st = os.stat(os.path.join(d, f))
+            except OSError as e:   # a link to itself, a dangling link
+                if skipped is not None: skipped.append(f"{os.path.join(d, f)}: {e.strerror}")
+                continue
+            if not stat.S_ISREG(st.st_mode): continue
+            rel = os.path.relpath(os.path.join(d, f), top)
+            if f in by_content:
+                try: rows.append(f"{rel}:{_sha(Path(d, f).read_bytes())}")
+                except OSError: pass
+            else: rows.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
+    return rows
+
+def runs_fingerprint(runs_dir,        # the sweep's runs directory
+                     skipped=None,    # list that receives the entries left out (symlink loops, unreadable files)
+                    ) -> str:
     "A hash of the names, sizes and modification times of the files in a runs directory ('' if it is missing)."
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir(): return ''
-    rows = []
-    for d, _, files in os.walk(runs_dir, followlinks=True):   # runs shared by two studies are symlinks
-        for f in files:
-            if f.startswith('.'): continue   # locks and partial notebooks of runs in progress
-            st = os.stat(os.path.join(d, f))
-            rows.append(f"{os.path.relpath(os.path.join(d, f), runs_dir)}:{st.st_size}:{st.st_mtime_ns}")
-    return _sha(*sorted(rows))
+    left_out = []   # what was skipped is part of the state: a new loop can change what a results page shows
+    rows = _file_rows(runs_dir, left_out)
+    if skipped is not None: skipped += left_out
+    return _sha(*sorted(rows), *sorted(left_out))
+
+def artefacts_fingerprint(cache=None,  # cache root (default: `core.cache_dir()`)
+                         ) -> str:
+    "A hash of what a lesson's outputs depend on besides its code: the cached artefacts (FID extractors and statistics, weights, data), torch's and numpy's versions and the precision 'auto' resolves to."
+    from importlib.metadata import version, PackageNotFoundError
+    from contrastive_ablations.core import cache_dir, get_device, resolve_precision
+    def v(p):
+        try: return version(p)
+        except PackageNotFoundError: return ''
+    cache = Path(cache) if cache is not None else cache_dir()
+    dev = get_device('auto')
+    return _sha(*[f'{p}={v(p)}' for p in ('torch', 'torchvision', 'numpy', 'torch-fidelity')], f'{dev.type}:{resolve_precision("auto", dev)}',
+                # the cache module touches an entry's entry.json at each use: its content (key, creation time) is what counts
+                *sorted(_file_rows(cache, None, by_content=('entry.json',))) if cache.is_dir() else [])
 
 # %% ../nbs/41_site.ipynb #16c38309
 def _code_cells(nb: dict) -> list:
     return [c for c in nb['cells'] if c['cell_type'] == 'code']
 
+def _read_hit(hit: Path) -> dict | None:
+    "A cached execution (its record and its notebook) when both are there and it passed; None when missing, and a damaged or failed one is removed."
+    if not (hit.is_file() and hit.with_suffix('.json').is_file()): return None
+    try:
+        r, done = json.loads(hit.with_suffix('.json').read_text()), json.loads(hit.read_text(encoding='utf-8'))
+        ok = isinstance(r, dict) and r.get('errors') == [] and isinstance(done.get('cells'), list)
+    except (OSError, ValueError): ok = False
+    if not ok:   # written before errors were refused, or damaged: execute again
+        print(f"WARNING: lesson cache: {hit.name} is damaged or holds an execution with errors; executing again", file=sys.stderr, flush=True)
+        for p in (hit, hit.with_suffix('.json')): p.unlink(missing_ok=True)
+        return None
+    return {**r, 'cached': True, '_nb': done}
+
 def cached_execute(src, dst,           # notebook to run, where to save it with outputs
                    cache_dir,          # cache folder (None: no cache)
                    name: str,          # the notebook's name in the cache, e.g. 'results/index'
                    key_extra: str = '',  # what else the outputs depend on (the package, the runs)
+                   artefacts=None,     # function returning a fingerprint of the artefacts the execution reads (read before and after it)
                    **kw,               # passed to `execute_in_subprocess`
                   ) -> dict:
-    "`execute_in_subprocess` through a cache keyed by the code cells, the injected code and `key_extra`."
+    "`execute_in_subprocess` through a cache keyed by the code cells, the injected code, `key_extra` and `artefacts()`; an execution with errors is never stored."
+    from contrastive_ablations.core import atomic_write_text
     src, dst = Path(src), Path(dst)
     nb = json.loads(src.read_text(encoding='utf-8'))
-    key = _sha(json.dumps([''.join(c['source']) for c in _code_cells(nb)]), kw.get('inject'),
-               sorted(kw.get('skip_flags') or ()), key_extra)
+    base = _sha(json.dumps([''.join(c['source']) for c in _code_cells(nb)]), kw.get('inject'),
+                sorted(kw.get('skip_flags') or ()), key_extra)
+    key = lambda: _sha(base, artefacts() if artefacts else '')
     stem = name.replace('/', '__')
-    hit = Path(cache_dir)/f'{stem}-{key}.ipynb' if cache_dir else None
-    if hit is not None and hit.is_file(): r = {**json.loads(hit.with_suffix('.json').read_text()), 'cached': True}
-    else:
+    cache = Path(cache_dir) if cache_dir else None
+    r = _read_hit(cache/f'{stem}-{key()}.ipynb') if cache is not None else None
+    if r is None:
         r = {**execute_in_subprocess(src, dst, **kw), 'cached': False}
-        if hit is not None and not any(e.startswith(('timed out', 'process failed')) for e in r['errors']):
-            for old in Path(cache_dir).glob(f'{stem}-*.*'): old.unlink()   # one entry per notebook
-            hit.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(dst, hit); hit.with_suffix('.json').write_text(json.dumps(r))
+        if cache is not None and not r['errors'] and dst.is_file():
+            # keyed by the artefacts as they are now: an execution that made one (an extractor it trained) is found next time
+            hit = cache/f'{stem}-{key()}.ipynb'
+            atomic_write_text(hit, dst.read_text(encoding='utf-8')); atomic_write_text(hit.with_suffix('.json'), json.dumps(r))
+            if artefacts: r['_entry'] = (str(hit), base)   # for `_rekey`
+            for old in cache.glob(f'{stem}-*.*'):   # one entry per notebook
+                if re.fullmatch(rf'{re.escape(stem)}-[0-9a-f]{{20}}\.(ipynb|json)', old.name) and old.stem != hit.stem: old.unlink()
     # the current notebook (its prose may be newer) with the executed code cells: the same bytes at every hit
-    done = json.loads((hit if r['cached'] else dst).read_text(encoding='utf-8')) if (r['cached'] or dst.is_file()) else nb
+    done = r.pop('_nb', None) or (json.loads(dst.read_text(encoding='utf-8')) if dst.is_file() else nb)
     for c, d in zip(_code_cells(nb), _code_cells(done)): c.update(source=d['source'], outputs=d.get('outputs', []), execution_count=d.get('execution_count'))
     dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
     return r
+
+def _rekey(entry: tuple, artefacts_fp: str):
+    "Move a stored execution to the key of the artefacts as they are now (after other notebooks, run at the same time, cached theirs)."
+    hit, base = Path(entry[0]), entry[1]
+    new = hit.with_name(f"{hit.name.rsplit('-', 1)[0]}-{_sha(base, artefacts_fp)}.ipynb")
+    if new != hit and hit.is_file() and hit.with_suffix('.json').is_file():
+        os.replace(hit.with_suffix('.json'), new.with_suffix('.json')); os.replace(hit, new)
 
 # %% ../nbs/41_site.ipynb #f7aebf0b
 def convert_run_notebooks(runs_dir,        # the sweep's runs directory
@@ -172,20 +247,23 @@ def convert_run_notebooks(runs_dir,        # the sweep's runs directory
     "Render every run.ipynb under `runs_dir` to HTML under `dest`; returns how many were written."
     import nbformat
     from nbconvert import HTMLExporter
+    from contrastive_ablations.core import atomic_write_text
     runs_dir, dest = Path(runs_dir), Path(dest)
     exp, n, used = HTMLExporter(template_name='lab'), 0, set()
     for nbf in sorted(runs_dir.glob('*/*/run.ipynb')):
+        try: data = nbf.read_bytes()
+        except OSError: continue   # unreadable (a link to itself, a dangling link): nothing to show
         out = dest/nbf.parent.parent.name/f'{nbf.parent.name}.html'
         out.parent.mkdir(parents=True, exist_ok=True); n += 1
-        hit = Path(cache_dir)/f'{_sha(nbf.read_bytes())}.html' if cache_dir else None
+        hit = Path(cache_dir)/f'{_sha(data)}.html' if cache_dir else None
         if hit is not None: used.add(hit.name)
         if hit is not None and hit.is_file(): shutil.copy2(hit, out); continue
-        try: body, _ = exp.from_notebook_node(nbformat.read(nbf, as_version=4))
+        try: body, _ = exp.from_notebook_node(nbformat.reads(data.decode('utf-8'), as_version=4))
         except Exception as e:   # a half-written notebook of an interrupted run: say so instead of stopping the site
             body = f"<html><body><h1>{nbf.parent.name}</h1><p>This run's notebook could not be rendered: {type(e).__name__}: {e}</p></body></html>"
             hit = None
         out.write_text(body, encoding='utf-8')
-        if hit is not None: hit.parent.mkdir(parents=True, exist_ok=True); shutil.copy2(out, hit)
+        if hit is not None: atomic_write_text(hit, body)   # never a truncated page in the cache
     for old in Path(cache_dir).glob('*.html') if cache_dir else []:
         if old.name not in used: old.unlink()   # pages of runs that are gone or were redone
     return n
@@ -323,7 +401,8 @@ def external_loads(html: str) -> list[str]:
     return [m.group(0) for m in _EXTERNAL.finditer(html)]
 
 # %% ../nbs/41_site.ipynb #141113e1
-MARKER = '.contrastive_ablations_site'
+MARKER = '.contrastive_ablations_site'        # in every site build_site wrote: the only folders it replaces
+BUILD_MARKER = '.contrastive_ablations_build'  # in every working copy it made: the only ones it deletes
 
 def _study_names(root: Path, runs_dir: Path) -> list[str]:
     names = {p.stem for p in (root/'nbs'/'results').glob('*.ipynb') if p.stem != 'index'}
@@ -346,12 +425,47 @@ def _page_for_new_study(name: str) -> dict:
                                           f"study = report_study(resolve_runs_dir(runs_dir)/{name!r}, run_url=run_url_factory(run_url_base, runs_dir))")]
     return nb
 
-def _clear_out(out: Path):
-    if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out/MARKER).exists()):
-            raise FileExistsError(f"parameter 'out_dir': {out} exists and was not written by build_site; "
-                                  "remove it or choose another folder")
-        shutil.rmtree(out)
+def check_out_dir(out_dir) -> Path:
+    "The site folder, resolved, after refusing one that `build_site` did not write or whose parent is not writable."
+    out = Path(out_dir).resolve()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"parameter 'out_dir': {out} is a file, not a site folder; choose another folder")
+    if out.is_dir() and any(out.iterdir()) and not (out/MARKER).is_file():
+        raise FileExistsError(f"parameter 'out_dir': {out} exists and was not written by build_site; "
+                              "remove it or choose another folder")
+    above = next((p for p in out.parents if p.exists()), None)   # the nearest folder above that exists
+    if above is not None and not above.is_dir():
+        raise FileExistsError(f"parameter 'out_dir': {above} is a file, so {out} cannot be a folder; choose another folder")
+    try:   # the new site is built next to the old one: the parent must take a folder
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(_staging(out))
+    except OSError as e:
+        raise PermissionError(f"parameter 'out_dir': cannot write a site at {out} ({e.strerror or e}); choose a writable folder") from None
+    return out
+
+def check_build_dir(build_dir) -> Path:
+    "The working-copy folder, resolved, after refusing one that is not empty and was not made by `build_site` (it is deleted at the next build)."
+    build = Path(build_dir).resolve()
+    if build.exists() and (not build.is_dir() or (any(build.iterdir()) and not (build/BUILD_MARKER).is_file())):
+        raise FileExistsError(f"parameter 'build_dir': {build} exists and is not a working copy made by build_site "
+                              "(it would be deleted); choose a new or empty folder")
+    return build
+
+def _staging(out: Path) -> Path:
+    "A new empty folder next to `out` (same file system: the swap is a rename)."
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.new-'))
+
+def _swap(new: Path, out: Path):
+    "Put the complete site `new` in place of `out`: the old site is renamed aside, the new one renamed in, the old one deleted."
+    old = None
+    if out.exists() or out.is_symlink():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.old-')); old.rmdir()   # a free name
+        os.rename(out, old)
+    try: os.rename(new, out)
+    except BaseException:
+        if old is not None: os.rename(old, out)   # the old site, as it was
+        raise
+    if old is not None: shutil.rmtree(old, ignore_errors=True)
 
 # %% ../nbs/41_site.ipynb #e6fdae39
 def _reads_runs(nb_path: Path) -> bool:
@@ -379,7 +493,7 @@ def _copy_sources(root: Path, build: Path, runs_dir: Path, fresh: bool) -> Path:
     "Copy settings.ini and nbs/ into the build folder, adding pages that are missing; returns the nbs copy."
     import nbformat
     if build.exists() and not fresh: shutil.rmtree(build)
-    build.mkdir(parents=True, exist_ok=True)
+    build.mkdir(parents=True, exist_ok=True); (build/BUILD_MARKER).touch()
     shutil.copy2(root/'settings.ini', build/'settings.ini')
     shutil.copytree(root/'nbs', build/'nbs', ignore=shutil.ignore_patterns('_proc', '_docs', '_site', '.ipynb_checkpoints', '__pycache__', '.quarto'))
     nbs = build/'nbs'
@@ -402,8 +516,11 @@ def _execute_all(root, nbs, runs_dir, cache, report, say, execute_lessons, lesso
     chosen = sorted({p for pat in pats for p in nbs.glob(pat) if p.parent == nbs and p.suffix == '.ipynb'})
     if lessons and not chosen: raise ValueError(f"parameter 'lessons' = {lessons!r} matches no notebook in nbs/")
     jobs = [(p, None) for p in chosen if execute_lessons] + [(p, _results_inject(runs_dir)) for p in sorted((nbs/'results').glob('*.ipynb'))]
-    pkg, runs_fp = package_fingerprint(), runs_fingerprint(runs_dir)
+    skipped = []
+    pkg, runs_fp = package_fingerprint(), runs_fingerprint(runs_dir, skipped)
+    for s in skipped: say(f"WARNING: runs folder: skipped {s}"); report['warnings'].append(f"runs folder: skipped {s}")
     report.update(env=env, package=pkg)
+    artefacts = lambda: artefacts_fingerprint(Path(env['CONTRASTIVE_ABLATIONS_CACHE']) if env.get('CONTRASTIVE_ABLATIONS_CACHE') else None)
     def run(job):
         p, inj = job
         name = p.relative_to(nbs).with_suffix('').as_posix()
@@ -411,16 +528,56 @@ def _execute_all(root, nbs, runs_dir, cache, report, say, execute_lessons, lesso
         # paths (../plans, ../tests/assets, ...) resolve; only the executed copy is written, to the build
         home = root/'nbs'/p.relative_to(nbs).parent
         extra = pkg + (f' runs {runs_dir} {runs_fp}' if inj is not None or _reads_runs(p) else '')
-        r = cached_execute(p, p, cache, name, key_extra=extra, inject=inj, env=env, timeout=timeout,
-                           skip_flags=('slow',) if skip_slow else (), cwd=home if home.is_dir() else p.parent)
+        r = cached_execute(p, p, cache, name, key_extra=extra, artefacts=artefacts if inj is None else None, inject=inj, env=env,
+                           timeout=timeout, skip_flags=('slow',) if skip_slow else (), cwd=home if home.is_dir() else p.parent)
         say(f"  {'cached  ' if r['cached'] else 'executed'} {name} in {r['seconds']:.1f} s" + (f" ({r['skipped']} cells skipped)" if r['skipped'] else '')
-            + (f"  ERRORS: {r['errors']}" if r['errors'] else ''))
+            + (f"  FAILED: {'; '.join(r['errors'])}" if r['errors'] else ''))
         return name, r
     say(f"Executing {len(jobs)} notebooks with {workers} workers (runs: {runs_dir}{'' if runs_dir.is_dir() else ', missing'}; cache: {cache or 'none'}) ...")
+    entries = []
     with ThreadPoolExecutor(max(1, workers)) as ex:
         for name, r in ex.map(run, jobs):
             report['cached' if r['cached'] else 'executed'].append(name)
+            if r.get('_entry'): entries.append(r.pop('_entry'))
             report['errors'] += [f"{name}: {e}" for e in r['errors']]
+            if r['errors']: report['failed'][name] = r['errors']
+    if entries:   # a later lesson (or one beside it) may have cached an artefact: key each by the artefacts as all of them left them
+        fp = artefacts()
+        for e in entries: _rekey(e, fp)
+
+def _failure_notebook(nb_path: Path, name: str, errors: list) -> dict:
+    "The page of a notebook that failed: its title and what failed, never its outputs (they would show a wrong result and a traceback)."
+    import nbformat
+    nb = nbformat.read(nb_path, as_version=4)
+    title = next((c.source for c in nb.cells if c.cell_type == 'markdown' and c.source.lstrip().startswith('# ')), f'# {name}')
+    what = '\n'.join('- `' + e.replace('`', "'") + '`' for e in errors)   # code spans: the renderer escapes them
+    nb.cells = [nbformat.v4.new_markdown_cell(title),
+                nbformat.v4.new_markdown_cell(f"**This page could not be built: the notebook `nbs/{name}.ipynb` failed when the site was built.**\n\n{what}\n\n"
+                                              f"Its outputs are not shown. Run it (`nbdev_test --path nbs/{name}.ipynb`) to see the error, fix it, and build the site again.")]
+    return nb
+
+_FAILED_NOTE = re.compile(r'<div class="site-build-failed".*?</div>\n?', re.S)
+
+def _keep_old_pages(old: Path, new: Path, failed: dict, say) -> dict:
+    "For each failed notebook, the page of the previous site when it had a good one, with a note on top; returns page -> date of the page kept."
+    try: prev = json.loads((old/MARKER).read_text()) if (old/MARKER).is_file() else None
+    except (OSError, ValueError): prev = None
+    kept = {}
+    if not isinstance(prev, dict): return kept
+    import html
+    for name, errors in failed.items():
+        rel = f'{name}.html'
+        if rel in (prev.get('failed') or {}) or not (old/rel).is_file(): continue   # the old site had no good page either
+        built = (prev.get('kept') or {}).get(rel) or prev.get('built', 'an earlier build')
+        note = (f'<div class="site-build-failed" style="border:2px solid #c00;padding:.6em 1em;margin:.5em;background:#fff4f4">'
+                f'<b>This page is from the site built {html.escape(built)}.</b> The notebook <code>nbs/{html.escape(name)}.ipynb</code> '
+                f'failed in the latest build ({html.escape("; ".join(errors))[:400]}), so its page was not replaced.</div>\n')
+        t = _FAILED_NOTE.sub('', (old/rel).read_text(encoding='utf-8'))
+        t = re.sub(r'(<body\b[^>]*>)', lambda m: m.group(1) + note, t, count=1) if re.search(r'<body\b', t) else note + t
+        (new/rel).parent.mkdir(parents=True, exist_ok=True); (new/rel).write_text(t, encoding='utf-8')
+        kept[rel] = built
+        say(f"  kept the previous page {rel} (built {built}): {name} failed")
+    return kept
 
 # %% ../nbs/41_site.ipynb #72b4d683
 def _render(use: str, proc: Path, build: Path, say):
@@ -438,7 +595,7 @@ def _render(use: str, proc: Path, build: Path, say):
 
 # %% ../nbs/41_site.ipynb #c176ce3b
 def build_site(runs_dir='runs',       # the sweep's runs directory (may be missing: pages then say how to make it)
-               out_dir='_site',       # where the website goes (replaced if it was built before)
+               out_dir='_site',       # where the website goes (replaced, when complete, if it was built before)
                build_dir=None,        # working copy (default: a temporary folder, removed afterwards)
                execute_lessons: bool = True, # run the lessons so the site shows their outputs and figures
                lessons=None,          # file names or globs of the lessons to execute (default: all of nbs/*.ipynb)
@@ -458,12 +615,12 @@ def build_site(runs_dir='runs',       # the sweep's runs directory (may be missi
     if use == 'quarto' and not shutil.which('quarto'): raise RuntimeError("renderer 'quarto': the quarto binary is not on PATH")
     if not use: raise RuntimeError("no renderer: install Quarto (quarto.org) or `pip install smalldocs`")
     root = Path(root).resolve() if root else repo_root()
-    runs_dir, out = Path(runs_dir).resolve(), Path(out_dir).resolve()
+    runs_dir, out = Path(runs_dir).resolve(), check_out_dir(out_dir)
     cache = None if cache_dir is False else Path(cache_dir or root/'.site_cache').resolve()
-    _clear_out(out)
     tmp = build_dir is None
-    build = Path(tempfile.mkdtemp(prefix='site_build_')) if tmp else Path(build_dir).resolve()
-    times, t_all, report = {}, time.time(), dict(renderer=use, errors=[], executed=[], cached=[])
+    build = Path(tempfile.mkdtemp(prefix='site_build_')) if tmp else check_build_dir(build_dir)
+    times, t_all, new = {}, time.time(), None
+    report = dict(renderer=use, errors=[], failed={}, warnings=[], executed=[], cached=[], kept={})
     try:
         t = time.time()
         nbs = _copy_sources(root, build, runs_dir, tmp)
@@ -471,35 +628,47 @@ def build_site(runs_dir='runs',       # the sweep's runs directory (may be missi
         t = time.time()
         _execute_all(root, nbs, runs_dir, cache, report, say, execute_lessons=execute_lessons, lessons=lessons,
                      workers=workers, skip_slow=skip_slow, timeout=timeout)
+        import nbformat
+        for name, errors in report['failed'].items():   # a short page that says what failed, not the tracebacks
+            nbformat.write(_failure_notebook(nbs/f'{name}.ipynb', name, errors), nbs/f'{name}.ipynb')
         times['execute'] = time.time() - t
         t = time.time()
-        for w in _process(build, report.pop('env'), cache, report['package']): say('  ' + w); report['errors'].append(w)
+        for w in _process(build, report.pop('env'), cache, report['package']): say('  ' + w); report['warnings'].append(w)
         proc = build/'_proc'
         (proc/'_quarto.yml').write_text(re.sub(r'(?m)^(\s*output-dir:).*$', r'\1 _site', (proc/'_quarto.yml').read_text()))
         times['nbdev processing'] = time.time() - t
         t = time.time()
         _render(use, proc, build, say)
-        shutil.copytree(proc/'_site', out)
-        if use == 'smalldocs': report['localized_links'] = localize_doc_links(out, doc_base_url(root))
+        new = _staging(out)   # the new site is complete before it replaces the old one
+        shutil.copytree(proc/'_site', new, dirs_exist_ok=True)
+        if use == 'smalldocs': report['localized_links'] = localize_doc_links(new, doc_base_url(root))
+        report['kept'] = _keep_old_pages(out, new, report['failed'], say)
         times['render'] = time.time() - t
         t = time.time()
-        report['run_pages'] = convert_run_notebooks(runs_dir, out/'runs', cache/'run_pages' if cache else None) if runs_dir.is_dir() else 0
+        report['run_pages'] = convert_run_notebooks(runs_dir, new/'runs', cache/'run_pages' if cache else None) if runs_dir.is_dir() else 0
         if runs_dir.is_dir():   # each results page's summary as a CSV beside it: results/<study>.csv
             from contrastive_ablations.report import write_summary_csvs
-            report['csv'] = [str(p.relative_to(out)) for p in write_summary_csvs(runs_dir, out/'results')]
+            report['csv'] = [str(p.relative_to(new)) for p in write_summary_csvs(runs_dir, new/'results')]
+            from contrastive_ablations.export import write_runs_table; report['runs_table'] = str(write_runs_table(runs_dir, new/'results').relative_to(new))   # every run: results/runs.parquet
         times['run notebooks'] = time.time() - t
-        report['offline'] = off = make_offline(out)
+        report['offline'] = off = make_offline(new)
         if not off['katex']: say("WARNING: KaTeX not found, formulas show as TeX: install Debian's libjs-katex (`make katex`) or set $CONTRASTIVE_ABLATIONS_KATEX")
-        (out/MARKER).write_text(json.dumps(dict(built=time.strftime('%Y-%m-%dT%H:%M:%S'), renderer=use, runs=str(runs_dir))))
+        failed_pages = {f'{n}.html': e for n, e in report['failed'].items() if f'{n}.html' not in report['kept']}
+        (new/MARKER).write_text(json.dumps(dict(built=time.strftime('%Y-%m-%dT%H:%M:%S'), renderer=use, runs=str(runs_dir),
+                                                failed=failed_pages, kept=report['kept'])))
+        report['pages'] = sorted(str(p.relative_to(new)) for p in new.rglob('*.html') if not p.is_relative_to(new/'runs'))
+        _swap(new, out); new = None
     finally:
         if tmp: shutil.rmtree(build, ignore_errors=True)
+        if new is not None: shutil.rmtree(new, ignore_errors=True)   # an unfinished site: the old one stays as it was
     times['total'] = time.time() - t_all
-    report.update(out=str(out), seconds={k: round(v, 1) for k, v in times.items()},
-                  pages=sorted(str(p.relative_to(out)) for p in out.rglob('*.html') if not p.is_relative_to(out/'runs')))
+    report.update(out=str(out), seconds={k: round(v, 1) for k, v in times.items()})
     say(f"Site rendered with {use} into {out}: {len(report['pages'])} pages, {report['run_pages']} run notebooks, "
         f"{len(report['executed'])} notebooks executed, {len(report['cached'])} from the cache; "
         + ', '.join(f"{k} {v:.0f} s" for k, v in report['seconds'].items()))
-    if report['errors']: say(f"{len(report['errors'])} notebook cell(s) failed during the build (their tracebacks are on the pages):\n  " + '\n  '.join(report['errors']))
+    if report['failed']:
+        print(f"{len(report['failed'])} notebook(s) failed; each page says so (or is the previous good one, marked as such):\n  "
+              + '\n  '.join(f"{n}: {e}" for n, es in report['failed'].items() for e in es), file=sys.stderr, flush=True)
     return report
 
 # %% ../nbs/41_site.ipynb #6954ad40
@@ -521,8 +690,21 @@ def cli_site(argv=None) -> int:
     if a.workers < 1: ap.error(f"--workers = {a.workers}: must be >= 1")
     if a.timeout <= 0: ap.error(f"--timeout = {a.timeout}: must be > 0")
     from contrastive_ablations.report import resolve_runs_dir
-    r = build_site(resolve_runs_dir(a.runs), a.out, a.build_dir, execute_lessons=not a.no_execute_lessons, lessons=a.lessons,
-                   renderer=a.renderer, workers=a.workers, skip_slow=a.skip_slow, cache_dir=False if a.no_cache else a.cache,
-                   timeout=a.timeout)
+    try: out = check_out_dir(a.out)   # refused before any work
+    except OSError as e: print(f"error: --out: {e}", file=sys.stderr); return 2
+    try: a.build_dir and check_build_dir(a.build_dir)
+    except OSError as e: print(f"error: --build-dir: {e}", file=sys.stderr); return 2
+    try:
+        r = build_site(resolve_runs_dir(a.runs), out, a.build_dir, execute_lessons=not a.no_execute_lessons, lessons=a.lessons,
+                       renderer=a.renderer, workers=a.workers, skip_slow=a.skip_slow, cache_dir=False if a.no_cache else a.cache,
+                       timeout=a.timeout)
+    except ValueError as e: print(f"error: {e}", file=sys.stderr); return 2
+    except (OSError, RuntimeError) as e:   # a full disk, a failed render: the old site is untouched
+        if isinstance(e, shutil.Error) and e.args and isinstance(e.args[0], list) and e.args[0]:   # copytree: one error per file
+            e = f"{e.args[0][0][2]}" + (f" (and {len(e.args[0]) - 1} more files)" if len(e.args[0]) > 1 else '')
+        print(f"error: the site was not built: {e}\n{out} is as it was before.", file=sys.stderr); return 1
     print(f"Open {Path(r['out'])/'index.html'} in a browser.")
+    if r['failed']:
+        print(f"error: {len(r['failed'])} notebook(s) failed (listed above): the site was built without their outputs.", file=sys.stderr)
+        return 1
     return 0

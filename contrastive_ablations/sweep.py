@@ -4,7 +4,7 @@
 
 # %% ../nbs/31_sweep.ipynb #a207006a
 from __future__ import annotations
-import argparse, hashlib, json, logging, math, os, platform, re, shutil, signal, socket, subprocess, sys, time, traceback
+import argparse, hashlib, json, logging, math, os, platform, re, shutil, signal, socket, subprocess, sys, threading, time, traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,15 +17,16 @@ from .safeio import check_writable, disk_error
 # through them the experiments and torch) would add seconds to every worker start. `core` is light.
 
 # %% auto #0
-__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'PHASES', 'PRIOR_S', 'SLURM_ENDED',
-           'SLURM_WHY', 'MAX_WORKERS', 'RunSpec', 'params_hash', 'make_run_id', 'expand_runs', 'share_identical_runs',
-           'link_shared_runs', 'params_mismatch', 'run_state', 'kernel_env', 'execute_run', 'notebook_timing',
-           'has_parameters_cell', 'SweepLockedError', 'StudyLock', 'library_versions', 'git_info', 'detect_gpus',
-           'machine_info', 'write_manifest', 'Progress', 'cell_phases', 'run_phases', 'time_profile',
-           'estimate_seconds', 'run_local', 'run_submitit', 'slurm_partitions', 'slurm_check', 'slurm_parameters',
-           'sbatch_script', 'SlurmTimeLimit', 'slurm_job', 'slurm_states', 'record_job_failure', 'run_slurm',
-           'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table', 'sweep',
-           'SweepStoppedError', 'summary', 'sweep_parser', 'cli_sweep']
+__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'RUN_ID_RE', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'PHASES', 'PRIOR_S',
+           'RUN_LIMIT_FACTOR', 'RUN_LIMIT_MIN_S', 'SLURM_ENDED', 'SLURM_WHY', 'MAX_WORKERS', 'RunSpec', 'params_hash',
+           'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch', 'run_state',
+           'kernel_env', 'move_aside', 'execute_run', 'notebook_timing', 'has_parameters_cell', 'SweepLockedError',
+           'StudyLock', 'library_versions', 'git_info', 'run_provenance', 'run_record', 'detect_gpus', 'machine_info',
+           'write_manifest', 'Progress', 'HTMLProgress', 'make_progress', 'cell_phases', 'run_phases', 'time_profile',
+           'estimate_seconds', 'run_limits', 'run_local', 'run_submitit', 'slurm_partitions', 'slurm_check',
+           'slurm_parameters', 'sbatch_script', 'SlurmTimeLimit', 'slurm_job', 'slurm_states', 'record_job_failure',
+           'run_slurm', 'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table',
+           'sweep', 'SweepStoppedError', 'summary', 'target_seeds', 'plans_for_target', 'sweep_parser', 'cli_sweep']
 
 # %% ../nbs/31_sweep.ipynb #3dd3fee9
 HASH_EXCLUDE = ('out_dir', 'device')   # where and on what a run executes, not what it computes
@@ -46,18 +47,28 @@ class RunSpec:
     run_dir: str      # absolute path
     key: str = ''     # hash of notebook + complete parameters: equal keys compute the same thing
     alias_of: str = None  # run_dir of an identical run of another study in this sweep (executed once, linked here)
+    recipe: str = ''      # hash of the recipe the profile resolves to (experiments.recipe_hash)
+    identity: dict = None # the complete parameters without out_dir/device: what params.json must say
 
 # %% ../nbs/31_sweep.ipynb #b5cef6e4
-def _slug(s: str) -> str: return re.sub(r'[^A-Za-z0-9._=+-]+', '-', s.replace("'", '')).strip('-')
+def _slug(s: str) -> str:
+    "A label as a visible folder name: safe characters only, never empty, never starting with '.' or '_' (readers skip those)."
+    s = re.sub(r'[^A-Za-z0-9._=+-]+', '-', s.replace("'", '')).strip('-').lstrip('._-')
+    return s or 'run'
 
-def params_hash(full_params:dict) -> str:
-    "SHA-256 (hex) of the complete parameters without out_dir/device."
+def params_hash(full_params:dict, # complete parameters (out_dir and device are left out)
+                recipe:str=None,  # hash of the recipe the profile resolves to (None: runs written before recipes were recorded)
+               ) -> str:
+    "SHA-256 (hex) of the complete parameters without out_dir/device, and of the recipe."
     key = {k: v for k, v in sorted(full_params.items()) if k not in HASH_EXCLUDE}
+    if recipe is not None: key['__recipe__'] = recipe
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
-def make_run_id(label:str, seed:int, full_params:dict) -> str:
-    "Readable part + 8 hex digits of the hash of the complete parameters (without out_dir/device)."
-    return f'{_slug(label)[:80]}_seed={seed}-{params_hash(full_params)[:8]}'   # the hash keeps a cut label unique
+def make_run_id(label:str, seed:int, full_params:dict, recipe:str=None) -> str:
+    "Readable part + 8 hex digits of the hash of the complete parameters (without out_dir/device) and the recipe."
+    return f'{_slug(label)[:80]}_seed={seed}-{params_hash(full_params, recipe)[:8]}'   # the hash keeps a cut label unique
+
+RUN_ID_RE = re.compile(r'.+_seed=\d+-([0-9a-f]{8})')   # a folder name the sweep made; group 1: its identity hash
 
 def expand_runs(plans,          # validated `Plan`s
                 profile:str,    # scale profile for every run
@@ -65,16 +76,18 @@ def expand_runs(plans,          # validated `Plan`s
                ) -> list:
     "Every run of `plans` as `RunSpec`s, in plan order: for each grid point, each seed."
     from contrastive_ablations.core import validate_params
+    from contrastive_ablations.experiments import profile_recipe, recipe_hash
     from contrastive_ablations.plans import PlanError
     out, runs, dirs = Path(out).resolve(), [], {}
     for i_plan, plan in enumerate(plans):
         exp = plan.experiment
         specs, nb = exp.knobs, str(exp.notebook_path())
+        recipe = recipe_hash(profile_recipe(exp, profile))
         for role, label, params in plan.grid():
             for seed in plan.seeds:
                 injected = {**params, 'seed': seed, 'profile': profile}
                 full = validate_params(specs, injected, where=f'{plan.source}: ')
-                rid = make_run_id(label, seed, full)
+                rid = make_run_id(label, seed, full, recipe)
                 run_dir = out/plan.study/rid
                 if run_dir in dirs:   # same label and parameters twice: a study listed twice, or a repeated baseline
                     other, other_label = dirs[run_dir]
@@ -84,7 +97,8 @@ def expand_runs(plans,          # validated `Plan`s
                 dirs[run_dir] = (i_plan, label)
                 value = params.get(plan.parameter) if role != 'baseline' else label
                 runs.append(RunSpec(plan.study, rid, role, label, plan.parameter, value, seed, nb,
-                                    {**injected, 'out_dir': str(run_dir)}, str(run_dir), f'{nb}:{params_hash(full)}'))
+                                    {**injected, 'out_dir': str(run_dir)}, str(run_dir), f'{nb}:{params_hash(full, recipe)}',
+                                    recipe=recipe, identity={k: v for k, v in full.items() if k not in HASH_EXCLUDE}))
     return share_identical_runs(runs)
 
 # %% ../nbs/31_sweep.ipynb #59c43015
@@ -127,7 +141,8 @@ def params_mismatch(injected:dict, used:dict) -> list:
 
 # %% ../nbs/31_sweep.ipynb #23b45d2a
 def _read(path):
-    "A JSON object's content, or None when the file is missing, unreadable or of another shape ([], a string)."
+    "A JSON object's content, or None when the file is missing, unreadable, not a plain file (a folder, a pipe) or of another shape."
+    if not Path(path).is_file(): return None   # a named pipe would block the read forever
     try: return read_json(path, dict)
     except (OSError, ValueError): return None
 
@@ -140,10 +155,14 @@ def _metrics_ok(m:dict) -> bool:
 def run_state(spec:RunSpec) -> str:
     "'done' (finished, see the rules above), 'failed' (error.txt present) or 'todo'."
     d = Path(spec.run_dir)
+    if any(os.path.lexists(d/n) and not (d/n).is_file() for n in OUTPUT_FILES): return 'todo'   # a folder where a file belongs
     if (d/'error.txt').exists(): return 'failed'
     m, p = _read(d/'metrics.json'), _read(d/'params.json')
-    if m is None or p is None or not (d/'run.ipynb').exists(): return 'todo'
-    if not _metrics_ok(m) or params_mismatch(spec.params, p): return 'todo'   # anything else is redone
+    if m is None or p is None or not (d/'run.ipynb').is_file(): return 'todo'
+    # every value of the run's identity, not only the injected ones: a params.json that disagrees is redone
+    if not _metrics_ok(m) or params_mismatch({**(spec.identity or {}), **spec.params}, p): return 'todo'
+    recorded = (_read(d/'run_info.json') or {}).get('recipe_hash')
+    if spec.recipe and isinstance(recorded, str) and recorded != spec.recipe: return 'todo'   # made by another recipe
     return 'done'
 
 # %% ../nbs/31_sweep.ipynb #bd396a57
@@ -164,11 +183,29 @@ def kernel_env(threads:int=None, gpu:str=None) -> dict:
     env['PYTHONPATH'] = pp if pkg_parent in pp.split(os.pathsep) else os.pathsep.join(filter(None, [pkg_parent, pp]))
     return env
 
+# %% ../nbs/31_sweep.ipynb #f1a2b3c4
+def move_aside(d,                   # a run folder about to be executed again
+               names=None,          # the entries to clear (default: the run files, OUTPUT_FILES and the partial notebook)
+              ) -> Path | None:
+    "Clear a run folder's old files before a new execution without losing anything: the files of a rejected result and anything that is not a plain file go into `<d>/.damaged-<time>/`; the rest is deleted. Returns that folder, or None."
+    d = Path(d); names = OUTPUT_FILES + (PARTIAL,) if names is None else names
+    present = [d/n for n in names if os.path.lexists(d/n)]
+    # a metrics.json (also a rejected one) is a result someone computed; a directory, link or pipe cannot be judged: keep them
+    keep = any(not p.is_file() or p.is_symlink() for p in present) or any(os.path.lexists(d/f) for f in ('metrics.json', 'metrics.rejected.json'))
+    if not keep:
+        for p in present: p.unlink()
+        return None
+    aside = d/f".damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    aside.mkdir()
+    for p in present: os.replace(p, aside/p.name)
+    return aside
+
 # %% ../nbs/31_sweep.ipynb #25d775ef
 def execute_run(spec:dict,          # a RunSpec as a dict (plain data travels to any worker)
                 force:bool=False,   # redo a finished run
                 threads:int=None,   # torch/OpenMP threads for the kernel
                 gpu:str=None,       # CUDA_VISIBLE_DEVICES for the kernel (None: inherit)
+                timeout:float=None, # seconds the notebook may take; then its kernel is ended and the run fails (None: no limit)
                ) -> dict:
     "Execute one run with papermill; return its run_info (status 'done', 'skipped' or 'failed')."
     spec = RunSpec(**spec) if isinstance(spec, dict) else spec
@@ -179,11 +216,43 @@ def execute_run(spec:dict,          # a RunSpec as a dict (plain data travels to
         if not force and run_state(spec) == 'done':
             info = _read(d/'run_info.json') or {}
             return {**info, 'run_id': spec.run_id, 'study': spec.study, 'status': 'skipped'}
-        for f in OUTPUT_FILES + (PARTIAL,): (d/f).unlink(missing_ok=True)
-        return _execute(spec, d, threads, gpu)
+        move_aside(d)   # old files: a result or anything of an odd shape is kept in .damaged-<time>/, never deleted
+        return _execute(spec, d, threads, gpu, timeout)
+
+# %% ../nbs/31_sweep.ipynb #a9d3e5f1
+def _stop_kernels(kms:list,          # the kernel managers papermill created for the run
+                  grace:float=5.0,   # seconds between SIGTERM and SIGKILL
+                 ):
+    "End the kernels of `kms`: SIGTERM (a forked kernel's launcher relays it), SIGKILL to any still there after `grace` s."
+    from contrastive_ablations.forkserver import SERVERS
+    procs = [p for p in (getattr(getattr(km, 'provisioner', None), 'process', None) for km in kms) if p is not None]
+    for p in procs:
+        try: p.send_signal(signal.SIGTERM)
+        except OSError: pass
+    t = time.monotonic() + grace
+    while time.monotonic() < t and any(p.poll() is None for p in procs): time.sleep(0.1)
+    # and kernels forked for this process that outlived that (its fork server serves one worker, one run at a time)
+    stubborn = [p.pid for p in procs if p.poll() is None] + [k for s in list(SERVERS.values()) for k in _child_pids(s.pid)]
+    for pid in stubborn:
+        try: os.kill(pid, signal.SIGKILL)
+        except OSError: pass
+
+class _Deadline:
+    "Call `stop()` in a thread once `limit` seconds have passed, unless `cancel()` comes first (a run's time limit)."
+    def __init__(self, limit, stop):
+        self.limit, self.expired, self._done = limit, threading.Event(), threading.Event()
+        self._timer = threading.Timer(limit, self._fire, (stop,)) if limit else None
+        if self._timer: self._timer.daemon = True; self._timer.start()
+    def _fire(self, stop):
+        if self._done.is_set(): return
+        self.fired_at = time.perf_counter(); self.expired.set(); stop()
+    def cancel(self):
+        "Stop waiting; where the limit already passed, return only when `stop()` has finished."
+        self._done.set()
+        if self._timer: self._timer.cancel(); self._timer.join()
 
 # %% ../nbs/31_sweep.ipynb #f3f30b7b
-def _execute(spec, d, threads, gpu):
+def _execute(spec, d, threads, gpu, timeout=None):
     import papermill as pm
     from contrastive_ablations.forkserver import fork_kernel_manager
     env = kernel_env(threads, gpu)
@@ -196,23 +265,32 @@ def _execute(spec, d, threads, gpu):
     log.addHandler(handler); log.setLevel(logging.INFO); log.propagate = False
     info = dict(run_id=spec.run_id, study=spec.study, role=spec.role, label=spec.label, seed=spec.seed,
                 host=socket.gethostname(), pid=os.getpid(), threads=threads,
-                cuda_visible_devices=os.environ.get('CUDA_VISIBLE_DEVICES'), started=time.time())
+                cuda_visible_devices=os.environ.get('CUDA_VISIBLE_DEVICES'), started=time.time(), time_limit_s=timeout)
     error = None
+    kms = []   # the kernel managers papermill creates for this run: the watchdog ends their kernels
+    class RunKernelManager(fork_kernel_manager()):   # forked where this worker has a fork server
+        def __init__(self, *a, **kw): super().__init__(*a, **kw); kms.append(self)
     # the kernel inherits stderr: send its start-up chatter and any crash report to run.log, not the console
     saved_err = os.dup(2); log_fd = os.open(d/'run.log', os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(log_fd, 2)
     t0 = time.perf_counter()
+    deadline = _Deadline(timeout, lambda: _stop_kernels(kms))
     try:
         pm.execute_notebook(spec.notebook, str(d/PARTIAL), parameters=spec.params, cwd=str(d),
                             log_output=True, progress_bar=False, request_save_on_cell_execute=True,
                             shutdown_kernel='immediate',   # the last cell wrote the run files; a graceful shutdown costs ~2 s a run
-                            kernel_manager_class=fork_kernel_manager())   # forked where this worker has a fork server
+                            kernel_manager_class=RunKernelManager)
     except Exception as e:   # PapermillExecutionError carries the notebook's exception and cell
         head = (f'{e.ename}: {e.evalue} (in notebook cell [{e.exec_count}])' if getattr(e, 'ename', None)
                 else f'{type(e).__name__}: {e}'.strip().splitlines()[0])
+        if deadline.expired.is_set():
+            head = (f'timed out after {deadline.fired_at - t0:.0f} s (limit {timeout:.0f} s): stopped; run.ipynb holds its '
+                    'notebook up to the stop (a run that is slow, not stuck, needs a longer sweep --run-timeout MIN)')
         error = f'{head}\n\n{e}\n\n{traceback.format_exc()}'
     finally:
+        deadline.cancel()
         info['notebook_wall_s'] = time.perf_counter() - t0
+        info['timed_out'] = deadline.expired.is_set()
         os.dup2(saved_err, 2); os.close(saved_err); os.close(log_fd)
         log.removeHandler(handler); handler.close(); log.setLevel(old_level); log.propagate = old_prop
         for k, v in old_env.items():
@@ -245,6 +323,7 @@ def _execute(spec, d, threads, gpu):
     if error:
         info['error'] = error.strip().splitlines()[0][:300]
         atomic_write_text(d/'error.txt', error)
+    info = run_record(spec, d, info)   # + the code version the notebook recorded, and the recipe
     atomic_write_text(d/'run_info.json', json.dumps(info, indent=2, sort_keys=True, default=str))
     return info
 
@@ -313,6 +392,26 @@ def git_info(path=None) -> dict:
     commit = _cmd(['git', 'rev-parse', 'HEAD'], path)
     return {'commit': commit, 'dirty': bool(_cmd(['git', 'status', '--porcelain', '--untracked-files=no'], path)) if commit else None}
 
+def run_provenance(experiment:str=None, # name of the experiment (experiments.EXPERIMENTS), or None
+                   params:dict=None,    # the run's parameters (their `profile` selects the recipe)
+                  ) -> dict:
+    "What made a run: package version, source commit and whether the tree was modified, library versions; with `experiment`, the recipe and its hash."
+    from contrastive_ablations import __version__
+    out = dict(package_version=__version__, git=git_info(), libraries=library_versions())
+    if experiment is not None and isinstance((params or {}).get('profile'), str):
+        from contrastive_ablations.experiments import EXPERIMENTS, profile_recipe, recipe_hash
+        if experiment in EXPERIMENTS and params['profile'] in PROFILES:
+            r = profile_recipe(EXPERIMENTS[experiment], params['profile'])
+            out.update(experiment=experiment, recipe=r, recipe_hash=recipe_hash(r))
+    return out
+
+def run_record(spec:RunSpec, d, info:dict) -> dict:
+    "A run's run_info: what the notebook recorded (its code version), the sweep's `info`, and the recipe that named its folder."
+    kernel = _read(Path(d)/'run_info.json') or {}
+    rec = {**run_provenance(), **{k: v for k, v in kernel.items() if k in ('package_version', 'git', 'libraries', 'experiment', 'recipe')}, **info}
+    if spec.recipe: rec['recipe_hash'] = spec.recipe   # the folder name's hash covers this recipe
+    return rec
+
 def detect_gpus() -> list:
     "Visible GPU indices: from CUDA_VISIBLE_DEVICES when set, else from `nvidia-smi -L`."
     cvd = os.environ.get('CUDA_VISIBLE_DEVICES')
@@ -341,11 +440,15 @@ def write_manifest(out, plan, runs:list, profile:str, settings:dict) -> Path:
         rows.append(dict(run_id=r.run_id, role=r.role, label=r.label, parameter=r.parameter, value=r.value, seed=r.seed,
                          params={k: v for k, v in r.params.items() if k != 'out_dir'}, dir=r.run_id, state=state,
                          shared_with=os.path.relpath(r.alias_of, Path(r.run_dir).parent) if r.alias_of else None,
+                         recipe=r.recipe or None,
                          notebook_wall_s=info.get('notebook_wall_s'), experiment_wall_s=info.get('experiment_wall_s'),
                          error=info.get('error') if state == 'failed' else None))
+    from contrastive_ablations.experiments import profile_recipe, recipe_hash
+    recipe = profile_recipe(plan.experiment, profile)
     path = Path(out)/plan.study/'manifest.json'
     atomic_write_json(path, dict(study=plan.study, plan=plan.to_dict(), metric_keys=plan.metric_keys(),
-                                 profile=profile, package_version=__version__, git=git_info(),
+                                 profile=profile, recipe=recipe, recipe_hash=recipe_hash(recipe),
+                                 package_version=__version__, git=git_info(),
                                  libraries=library_versions(), machine=machine_info(), sweep=settings,
                                  updated=time.strftime('%Y-%m-%dT%H:%M:%S%z'), runs=rows))
     return path
@@ -358,25 +461,46 @@ def _dur(s) -> str:
 
 class Progress:
     "Counts of done / running / failed runs and an ETA, printed as plain lines."
-    def __init__(self, total:int, workers:int, stream=None, estimates:dict=None):
+    def __init__(self, total:int, workers:int, stream=None, estimates:dict=None, limits:dict=None):
         self.total, self.workers, self.stream = total, max(1, workers), stream or sys.stdout
         self.done = self.failed = self.running = 0; self.durations = []; self.t0 = time.time()
         self.estimates, self.finished = dict(estimates or {}), {}   # run id -> expected / measured seconds
+        self.limits, self.started, self.ok = dict(limits or {}), {}, set()   # run id -> time limit / start time (in flight); ids done
+    def start(self, spec):
+        "Note that `spec` started now (executors that know when call this): its time counts against its estimate."
+        self.started[spec.run_id] = time.time()
+    def _scale(self) -> float:   # how the runs finished well compared with their estimates
+        seen = [k for k in self.ok if self.estimates.get(k)]
+        return sum(self.finished[k] for k in seen) / sum(self.estimates[k] for k in seen) if seen else 1.0
+    def overdue(self) -> list:
+        "(run id, seconds running, expected seconds, time limit) of the runs in flight past their (rescaled) estimate."
+        now, scale = time.time(), self._scale()
+        return [(k, now - t, scale * self.estimates[k], self.limits.get(k)) for k, t in self.started.items()
+                if k in self.estimates and now - t > scale * self.estimates[k]]
     def eta(self):
         left = self.total - self.done - self.failed
         if not left: return 0.0
-        if self.estimates:   # the runs left, rescaled by how the finished ones compared with their estimates
-            rest = [v for k, v in self.estimates.items() if k not in self.finished]
-            seen = [k for k in self.finished if k in self.estimates]
-            scale = sum(self.finished[k] for k in seen) / sum(self.estimates[k] for k in seen) if seen else 1.0
-            return scale * max(sum(rest) / self.workers, max(rest, default=0.0))
+        if self.overdue(): return float('nan')   # a run past its estimate: no one knows when it ends (at its limit at the latest)
+        if self.estimates:   # the runs left (in flight: what is left of them), rescaled as the finished ones compared
+            now, scale = time.time(), self._scale()
+            rest = [max(0.0, scale * v - (now - self.started[k]) if k in self.started else scale * v)
+                    for k, v in self.estimates.items() if k not in self.finished]
+            return max(sum(rest) / self.workers, max(rest, default=0.0))
         if not self.durations: return float('nan')
         return sum(self.durations) / len(self.durations) * math.ceil(left / self.workers)
     def status(self) -> str:
-        return (f'done {self.done}/{self.total}, running {self.running}, failed {self.failed}, '
-                f'elapsed {_dur(time.time() - self.t0)}, ETA {_dur(self.eta())}')
+        head = (f'done {self.done}/{self.total}, running {self.running}, failed {self.failed}, '
+                f'elapsed {_dur(time.time() - self.t0)}')
+        late = self.overdue()
+        if not late: return f'{head}, ETA {_dur(self.eta())}'
+        k, t, exp, limit = max(late, key=lambda x: x[1] - x[2])
+        return (f'{head}, ETA unknown: {k} is past its expected {_dur(exp)} (running {_dur(t)}, '
+                + (f'limit {_dur(limit)})' if limit else 'no time limit)')
+                + (f'; {len(late)} runs are past theirs' if len(late) > 1 else ''))
     def update(self, spec, info:dict):
         ok = info.get('status') in ('done', 'skipped')
+        self.started.pop(spec.run_id, None)
+        if ok: self.ok.add(spec.run_id)
         self.done += ok; self.failed += not ok
         if info.get('notebook_wall_s') is not None: self.durations.append(info['notebook_wall_s'])
         wall, exp = info.get('notebook_wall_s'), info.get('experiment_wall_s')
@@ -386,6 +510,32 @@ class Progress:
         if not ok: msg += f': {info.get("error", "")}'
         self.print(f'[{self.done + self.failed:>3}/{self.total}] {msg} | {self.status()}')
     def print(self, msg): print(msg, file=self.stream, flush=True)
+
+# %% ../nbs/31_sweep.ipynb #a6e1c0d3
+class HTMLProgress(Progress):
+    "`Progress` shown in a notebook as one HTML block updated in place (IPython display with a display id)."
+    def __init__(self, *args, **kw):   # the arguments of `Progress`
+        from IPython.display import HTML, display
+        super().__init__(*args, **kw)
+        self.lines, self._HTML = [], HTML
+        self.handle = display(HTML(self.html()), display_id=True)
+    def html(self) -> str:
+        "The progress block: a bar, the counts and ETA, the last five finished runs (escaped)."
+        import html as _h
+        n = self.done + self.failed; pct = 100 * n / max(1, self.total)
+        bar = (f'<div style="background:#eee;width:100%;max-width:40em;height:0.9em;border-radius:3px">'
+               f'<div style="background:{"#c0392b" if self.failed else "#2c7be5"};width:{pct:.1f}%;height:100%;border-radius:3px"></div></div>')
+        last = ''.join(f'<li><code>{_h.escape(l)}</code></li>' for l in self.lines[-5:])
+        return (f'<div class="sweep-progress">{bar}<p><b>{n}/{self.total} runs</b>: {_h.escape(self.status())}</p>'
+                + (f'<ul style="margin:0">{last}</ul>' if last else '') + '</div>')
+    def print(self, msg):
+        if not msg.lstrip().startswith('...'): self.lines.append(msg.split(' | ')[0].strip())   # the counts are in the block
+        self.handle.update(self._HTML(self.html()))
+
+def make_progress(*args, stream=None, **kw) -> Progress:
+    "`HTMLProgress` when the progress goes to a notebook's standard output (`stream` is sys.stdout), else `Progress` (plain lines)."
+    from contrastive_ablations.core import in_notebook
+    return (HTMLProgress if stream is sys.stdout and in_notebook() else Progress)(*args, stream=stream, **kw)
 
 # %% ../nbs/31_sweep.ipynb #2ba56cc1
 PHASES = {'kernel_start': 'kernel start', 'imports': 'imports', 'data': 'data', 'training': 'training',
@@ -461,6 +611,17 @@ def estimate_seconds(runs:list, out) -> dict:
                          PRIOR_S.get(prof, PRIOR_S['quick']) * (3 if r.params.get('with_controls') else 1))
     return est
 
+# %% ../nbs/31_sweep.ipynb #b7e1c2d4
+RUN_LIMIT_FACTOR = 10     # default time limit of a run: this many times its expected duration...
+RUN_LIMIT_MIN_S = 600.0   # ... and at least this many seconds
+
+def run_limits(est:dict,               # run id -> expected seconds (`estimate_seconds`)
+               run_timeout:float=None, # minutes, the same for every run (None: from the estimates)
+              ) -> dict:
+    "run id -> the run's time limit in seconds: `run_timeout` minutes, else max(10 min, 10 x its expected seconds)."
+    if run_timeout is not None: return {k: 60.0 * run_timeout for k in est}
+    return {k: max(RUN_LIMIT_MIN_S, RUN_LIMIT_FACTOR * v) for k, v in est.items()}
+
 # %% ../nbs/31_sweep.ipynb #0664a06b
 def _child_pids(pid:int) -> list:
     "Direct children of `pid` (Linux /proc; empty elsewhere)."
@@ -500,26 +661,35 @@ def _failed(spec, e) -> dict:
     return dict(run_id=spec.run_id, study=spec.study, status='failed', error=f'{type(e).__name__}: {e}'[:300])
 
 # %% ../nbs/31_sweep.ipynb #1b76750b
-def run_local(todo:list, workers:int, threads:int, force:bool, progress:Progress, on_result) -> None:
-    "Execute `todo` on a local process pool."
+def run_local(todo:list, workers:int, threads:int, force:bool, progress:Progress, on_result,
+              limits:dict=None,   # run id -> time limit in seconds (`run_limits`)
+             ) -> None:
+    "Execute `todo` on a local process pool, `workers` runs at a time (so each run's start is known), each within its limit."
     import multiprocessing as mp
     from contrastive_ablations import sweep as mod   # workers import these by name (also when called from a notebook)
     ctx, gpus = mp.get_context('spawn'), detect_gpus()
     q = ctx.Queue()
     for i in range(workers): q.put(gpus[i % len(gpus)] if gpus else None)
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=mod._worker_init, initargs=(q, threads))
+    waiting, futures, limits = list(todo), {}, limits or {}
+    def submit():
+        s = waiting.pop(0)
+        try: futures[pool.submit(mod.execute_run, asdict(s), force, threads, None, limits.get(s.run_id))] = s
+        except Exception as e: on_result(s, _failed(s, e)); return   # e.g. a broken pool: the run fails, the sweep goes on
+        progress.start(s)
     try:
-        futures = {pool.submit(mod.execute_run, asdict(s), force, threads, None): s for s in todo}
-        pending = set(futures)
-        while pending:
-            progress.running = min(workers, len(pending))
-            done, pending = wait(pending, timeout=60, return_when=FIRST_COMPLETED)
+        while waiting and len(futures) < workers: submit()
+        while futures:
+            progress.running = len(futures)
+            done, _ = wait(set(futures), timeout=60, return_when=FIRST_COMPLETED)
             if not done: progress.print(f'        ... {progress.status()}'); continue
             for f in done:
+                s = futures.pop(f)
                 try: info = f.result()
-                except Exception as e: info = _failed(futures[f], e)
-                progress.running = min(workers, len(pending))
-                on_result(futures[f], info)
+                except Exception as e: info = _failed(s, e)
+                while waiting and len(futures) < workers: submit()
+                progress.running = len(futures)
+                on_result(s, info)
     except BaseException:
         for p in list(getattr(pool, '_processes', {}).values()):   # stop the runs in flight now
             try: p.terminate()
@@ -529,7 +699,9 @@ def run_local(todo:list, workers:int, threads:int, force:bool, progress:Progress
     pool.shutdown()
 
 # %% ../nbs/31_sweep.ipynb #4c6d8e0f
-def run_submitit(todo:list, out, workers:int, threads:int, force:bool, progress:Progress, on_result, time_min=120) -> None:
+def run_submitit(todo:list, out, workers:int, threads:int, force:bool, progress:Progress, on_result, time_min=120,
+                 limits:dict=None,   # run id -> time limit in seconds (else `time_min` minutes)
+                ) -> None:
     "Execute `todo` as jobs of submitit's `LocalExecutor` on this machine, at most `workers` at a time, one GPU each when there are GPUs."
     import submitit
     from contrastive_ablations.sweep import execute_run   # jobs unpickle it by module name
@@ -539,9 +711,11 @@ def run_submitit(todo:list, out, workers:int, threads:int, force:bool, progress:
     os.environ['PYTHONPATH'] = kernel_env()['PYTHONPATH']
     def submit(s):
         gpu = free_gpus.pop(0) if free_gpus else None
-        ex.update_parameters(timeout_min=time_min, **(dict(gpus_per_node=1, visible_gpus=(int(gpu),)) if gpu is not None else dict(gpus_per_node=0)))
-        j = ex.submit(execute_run, asdict(s), force, threads, None)
-        j._ca_gpu = gpu
+        limit = (limits or {}).get(s.run_id) or 60.0 * time_min
+        # submitit's own limit is a backstop: the run's watchdog ends it first and keeps its notebook
+        ex.update_parameters(timeout_min=math.ceil(limit / 60) + 2, **(dict(gpus_per_node=1, visible_gpus=(int(gpu),)) if gpu is not None else dict(gpus_per_node=0)))
+        j = ex.submit(execute_run, asdict(s), force, threads, None, limit)
+        j._ca_gpu = gpu; progress.start(s)
         return j
     try:
         while waiting and len(jobs) < workers: s = waiting.pop(0); jobs.append((submit(s), s))
@@ -773,6 +947,34 @@ class SweepResult:
     @property
     def ok(self) -> bool: return not self.failed
 
+# %% ../nbs/31_sweep.ipynb #a6e1c0d6
+def _result_studies(res) -> list:
+    "The study folders of a sweep's runs that exist on disk."
+    return [d for d in dict.fromkeys(Path(r.run_dir).parent for r in res.runs) if d.is_dir()]
+
+def _to_frame(self):
+    "Every run of the sweep's studies, read back from their folders (`rundata.load_study`): one row per run, `study` first."
+    import pandas as pd
+    from contrastive_ablations.rundata import load_study
+    frames = [load_study(d).runs.assign(study=d.name) for d in _result_studies(self)]
+    if not frames: return pd.DataFrame(columns=['study', 'run_id', 'status', 'variant', 'role', 'value', 'seed'])
+    df = pd.concat([f.astype({'variant': str, 'status': str}) for f in frames], ignore_index=True)
+    return df[['study', *[c for c in df.columns if c != 'study']]]
+
+def _repr_html(self) -> str:
+    "How the runs ended and, per study, the mean and interval of each value over seeds (the plan's first metrics)."
+    from contrastive_ablations.rundata import load_study
+    from contrastive_ablations.seedstats import summarize
+    out = [f'<p><b>Sweep</b>: {len(self.done)} run(s) finished now, {len(self.skipped)} before, {len(self.failed)} failed'
+           + (f' ({", ".join(map(str, list(self.failed)[:5]))})' if self.failed else '') + '.</p>']
+    for d in _result_studies(self):
+        st = load_study(d)
+        s = summarize(st, st.metrics[:3])[['variant', 'role', 'metric', 'n', 'mean', 'ci_low', 'ci_high', 'note']]
+        out.append(f'<h4>{d.name}</h4>' + s.to_html(index=False, float_format=lambda x: f'{x:.4g}', na_rep='—'))   # escaped by pandas
+    return '\n'.join(out)
+
+SweepResult.to_frame, SweepResult._repr_html_ = _to_frame, _repr_html
+
 # %% ../nbs/31_sweep.ipynb #79531dfa
 def overhead_summary(infos) -> dict:
     "Share of notebook wall time outside the experiment's own `wall_time_s`, split into outside cells and inside."
@@ -807,6 +1009,7 @@ def sweep(plans,                  # plan files, or validated Plans
           dry_run:bool=False,     # list the runs and their state, run nothing
           force:bool=False,       # redo finished runs
           stream=None,            # where progress goes (default stdout)
+          run_timeout:float=None, # minutes a local run may take (default: 10 x its expected time, at least 10 min)
           **slurm,                # partition, time_min, gpus_per_job, cpus_per_job
          ) -> SweepResult:
     "Run every run of `plans` that is not finished yet; see the module docs for the guarantees."
@@ -817,6 +1020,8 @@ def sweep(plans,                  # plan files, or validated Plans
         raise ValueError(f"executor {executor!r}: use 'local', 'slurm' or 'submitit-local'")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS):
         raise ValueError(f'workers = {workers!r}: give an integer from 1 to {MAX_WORKERS}')
+    if run_timeout is not None and not (_is_number(run_timeout) and math.isfinite(run_timeout) and run_timeout > 0):
+        raise ValueError(f'run_timeout = {run_timeout!r}: give the minutes one run may take, a number > 0')
     if not (isinstance(plans, (list, tuple)) and plans and all(isinstance(p, Plan) for p in plans)):
         plans = load_plans(plans, studies=studies, profile=profile, seeds=seeds)
     for p in plans: check_notebook(p.experiment.notebook_path(), p.source)
@@ -847,7 +1052,7 @@ def sweep(plans,                  # plan files, or validated Plans
         workers = workers or (max(1, len(todo)) if executor == 'slurm' else default_workers())
         threads = (slurm['cpus_per_job'] if executor == 'slurm' else   # the cores, shared by the runs at once
                    max(1, (os.cpu_count() or 1) // max(1, min(workers, len(todo)))))
-        settings = dict(executor=executor, workers=workers, threads_per_run=threads, seeds=seeds, force=force,
+        settings = dict(executor=executor, workers=workers, threads_per_run=threads, seeds=seeds, force=force, run_timeout_min=run_timeout,
                         command=' '.join(sys.argv), started=time.strftime('%Y-%m-%dT%H:%M:%S%z'), **slurm)
         by_study = {p.study: p for p in plans}
         for p in plans: write_manifest(out, p, [r for r in runs if r.study == p.study], profile, settings)
@@ -855,7 +1060,11 @@ def sweep(plans,                  # plan files, or validated Plans
             f'{len(todo)} to run' + (f', {n_shared} shared with another study' if n_shared else '') + f') | profile {profile} | {executor} executor, {workers} worker(s) x {threads} thread(s) | out {out}')
         est = estimate_seconds(todo, out)
         todo.sort(key=lambda r: -est[r.run_id])   # longest first: no worker idles while one long run finishes
-        progress = Progress(len(todo), workers, stream, est)
+        limits = run_limits(est, run_timeout) if executor != 'slurm' else {}   # Slurm jobs have --time
+        if limits: say(f'time limit per run: {_dur(min(limits.values()))}' + (f' to {_dur(max(limits.values()))}' if
+                       max(limits.values()) > min(limits.values()) else '') + (' (--run-timeout)' if run_timeout else
+                       f' ({RUN_LIMIT_FACTOR} x its expected time, at least {_dur(RUN_LIMIT_MIN_S)}; --run-timeout MIN to change)'))
+        progress = make_progress(len(todo), workers, stream=stream, estimates=est, limits=limits)   # live HTML in a notebook
         def on_result(spec, info):
             infos[spec.run_id] = info
             progress.update(spec, info)
@@ -863,9 +1072,9 @@ def sweep(plans,                  # plan files, or validated Plans
             for study in {spec.study} | {r.study for r in runs if r.alias_of == spec.run_dir}:
                 write_manifest(out, by_study[study], [r for r in runs if r.study == study], profile, settings)
         if todo:
-            if executor == 'local': run_local(todo, workers, threads, force, progress, on_result)
+            if executor == 'local': run_local(todo, workers, threads, force, progress, on_result, limits)
             elif executor == 'slurm': run_slurm(todo, out, workers, force, progress, on_result, **slurm)
-            else: run_submitit(todo, out, workers, threads, force, progress, on_result, slurm.get('time_min', 120))
+            else: run_submitit(todo, out, workers, threads, force, progress, on_result, slurm.get('time_min', 120), limits)
     except OSError as e:   # disk full, read-only, permission: every later write would fail the same way
         why = disk_error(e)
         if not why: raise
@@ -910,6 +1119,63 @@ def summary(res:SweepResult, out) -> str:
         lines.append(f'FAILED {r.study}/{k}: {err}\n       see {Path(r.run_dir)/"error.txt"} and {Path(r.run_dir)/"run.ipynb"}')
     return '\n'.join(lines)
 
+# %% ../nbs/31_sweep.ipynb #9f89f418
+def target_seeds(plan,                 # a validated Plan
+                 out,                  # the sweep's output directory (its runs measure the spread)
+                 target: dict,         # metric name -> difference to detect
+                 budget_hours: float | None = None, # at most this many run-hours of new runs for the study
+                 say=print) -> list:
+    "The plan's seeds extended to what `target` needs at 80% power within the study's family (existing seeds kept, new ones appended)."
+    from contrastive_ablations.rundata import load_study
+    from contrastive_ablations.seedstats import seeds_plan
+    from contrastive_ablations.report import headline_metrics
+    import numpy as np
+    seeds, d = list(plan.seeds), Path(out)/plan.study
+    if not d.is_dir(): say(f'{plan.study}: no runs in {d} yet to measure the spread; the plan\'s {len(seeds)} seeds are run'); return seeds
+    st = load_study(d)
+    prim = headline_metrics(st)
+    mine = {k: v for k, v in target.items() if k in {m.name for m in prim}}
+    if not mine: say(f'{plan.study}: no target among its primary metrics ({", ".join(m.name for m in prim)}); seeds unchanged'); return seeds
+    sp = seeds_plan(st, prim, mine)
+    sp = sp[sp.metric.isin(list(mine))]
+    need = sp.seeds_needed_family[np.isfinite(sp.seeds_needed_family)]
+    if not len(need):
+        why = 'too few paired seeds to measure the spread' if not np.isfinite(sp.sd_paired).any() else 'more than 10000 seeds needed'
+        say(f'{plan.study}: the target cannot be sized ({why}); seeds unchanged'); return seeds
+    have = sorted({int(s) for s in st.runs.seed.dropna()} | set(seeds))
+    n = int(need.max())
+    r = sp.loc[sp.seeds_needed_family.idxmax()]
+    if budget_hours is not None and np.isfinite(r.run_s) and r.run_s > 0:
+        per_seed_h = r.run_points * r.run_s / 3600
+        cap = len(seeds) + int(budget_hours // per_seed_h)
+        if cap < n: say(f'{plan.study}: {r.metric} needs {n} seeds; --budget-hours {budget_hours:g} allows {cap} '
+                        f'({per_seed_h:.2f} run-hours per seed): the target is out of reach within the budget')
+        n = min(n, cap)
+    new, k = [], max(have, default=-1) + 1
+    while len(seeds) + len(new) < n:
+        if k not in seeds: new.append(k)
+        k += 1
+    say(f'{plan.study}: {r.metric} needs {n} seeds to detect {r["diff"]:g} at 80% power within its family; '
+        + (f'adding {len(new)} seed(s) to the {len(seeds)} there are' if new else f'the {len(seeds)} there are suffice'))
+    return seeds + new
+
+def plans_for_target(plan_files, out, profile: str = 'quick', studies=None, seeds: int | None = None,
+                     target_items=(),          # ['METRIC=DIFF', ...] as given to --target-diff
+                     budget_hours: float | None = None, say=print) -> list:
+    "Load the plans and extend each one's seeds to what `--target-diff` needs (see `target_seeds`)."
+    from contrastive_ablations.plans import load_plans
+    from contrastive_ablations.report import parse_diffs
+    if budget_hours is not None and not (math.isfinite(budget_hours) and budget_hours > 0):
+        raise ValueError(f'--budget-hours {budget_hours!r}: give a positive number of run-hours')
+    try: target = parse_diffs(target_items)
+    except ValueError as e: raise ValueError(f'--target-diff {e}') from None
+    plans = load_plans(plan_files, studies=studies, profile=profile, seeds=seeds)
+    known = {m.name for p in plans for m in p.experiment.metrics}
+    if set(target) - known:
+        raise ValueError(f"--target-diff: {', '.join(sorted(set(target) - known))} is not a metric of these plans' experiments")
+    for p in plans: p.seeds = target_seeds(p, out, target, budget_hours, say)
+    return plans
+
 # %% ../nbs/31_sweep.ipynb #055b4968
 def sweep_parser() -> argparse.ArgumentParser:
     "Arguments of `contrastive-ablations sweep`."
@@ -924,6 +1190,12 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument('--executor', default='local', choices=('local', 'slurm', 'submitit-local'))
     p.add_argument('--dry-run', action='store_true', help='list every run and whether it is done (with --executor slurm also the #SBATCH lines); run nothing')
     p.add_argument('--force', action='store_true', help='redo finished runs')
+    p.add_argument('--run-timeout', type=float, metavar='MIN', help='time limit of one local run in minutes (default: 10 x its '
+                   'expected time, at least 10 min); a run past it ends as failed (timed out), its notebook so far kept')
+    p.add_argument('--target-diff', action='append', default=[], metavar='METRIC=DIFF',
+                   help='add the seeds a paired t test needs to detect DIFF on METRIC at 80%% power within the family, '
+                        'from the spread of the runs already in --out (repeatable; existing seeds are kept)')
+    p.add_argument('--budget-hours', type=float, metavar='H', help='with --target-diff: at most H run-hours of new runs per study')
     g = p.add_argument_group('slurm / submitit')
     g.add_argument('--partition', help="Slurm partition (default: the cluster's default partition)")
     g.add_argument('--time', type=int, default=120, help='time limit of one run (one Slurm job) in minutes (default 120)')
@@ -942,8 +1214,10 @@ def cli_sweep(argv=None) -> int:
     def on_term(*_): raise KeyboardInterrupt
     old = signal.signal(signal.SIGTERM, on_term)   # `kill` behaves like Ctrl-C: stop runs, keep finished ones
     try:
-        res = sweep(a.plans, out=a.out, profile=a.profile, studies=studies, seeds=a.seeds, workers=a.workers,
-                    executor=a.executor, dry_run=a.dry_run, force=a.force, partition=a.partition, time_min=a.time,
+        plans = (plans_for_target(a.plans, a.out, a.profile, studies, a.seeds, a.target_diff, a.budget_hours)
+                 if a.target_diff else a.plans)
+        res = sweep(plans, out=a.out, profile=a.profile, studies=studies, seeds=None if a.target_diff else a.seeds, workers=a.workers,
+                    executor=a.executor, dry_run=a.dry_run, force=a.force, run_timeout=a.run_timeout, partition=a.partition, time_min=a.time,
                     gpus_per_job=a.gpus_per_job, cpus_per_job=a.cpus_per_job)
     except (PlanError, ParameterError, ValueError, ImportError, OutputError) as e:
         print(f'error: {e}', file=sys.stderr); return 2

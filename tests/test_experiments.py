@@ -18,16 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT/'tests'/'assets'
 
 
+SEED_PLANS = ('clel_framework', 'clel_norm_direction', 'ickd_balance', 'ickd_margin')   # the studies the suite ships
+
+
 def test_planning_validating_dry_running_and_reporting_leave_torch_out(tmp_path):
-    "Load and validate the four shipped plans and the markdown seeds, dry-run a sweep, import the report: no torch."
+    "Load and validate the shipped seed plans and the markdown seeds, dry-run a sweep, import the report: no torch."
     code = textwrap.dedent(f'''
         import sys
         from pathlib import Path
         from contrastive_ablations import plans, sweep, report, experiments
         root = Path({str(ROOT)!r})
-        ymls = sorted((root/'plans').glob('*.yaml'))
+        ymls = [root/'plans'/f'{{s}}.yaml' for s in {SEED_PLANS!r}]
         seeds = sorted((root/'tests'/'assets'/'seeds').glob('*.txt'))
-        assert len(ymls) == 4 and len(seeds) == 2
+        assert all(y.is_file() for y in ymls) and len(seeds) == 2
         loaded = plans.load_plans(ymls, profile='smoke') + plans.load_plans(seeds, profile='quick')
         assert len(loaded) == 8
         rc = sweep.cli_sweep([*map(str, ymls), '--profile', 'smoke', '--dry-run', '--out', {str(tmp_path / 'runs')!r}])
@@ -138,3 +141,67 @@ def test_metrics_declare_what_plans_and_reports_need():
     assert ICKD.metric('student_top1').unit == '%' and ICKD.metric('student_top1').higher_is_better
     assert CLEL.metric('fid').higher_is_better is False and CLEL.metric('auroc_mnist').hi == 1
     with pytest.raises(ValueError, match="closest: .*fid"): CLEL.metric('fdi')
+
+
+def test_seed_plans_are_named_and_a_user_plan_keeps_the_tests_green(tmp_path):
+    "The seed plans are named, not counted: a user's own plan in plans/ changes nothing the tests check."
+    assert {p.stem for p in (ROOT/'plans').glob('*.yaml')} >= set(SEED_PLANS)
+    user = ROOT/'plans'/'zz_user_plan_written_by_a_test.yaml'
+    assert not user.exists()
+    text = (ROOT/'plans'/'ickd_margin.yaml').read_text(encoding='utf-8')
+    user.write_text(text.replace('study: ickd_margin', 'study: zz_user_margin').replace('values: [0.1, 0.2, 0.3, 0.4, 0.5]', 'values: [5e-2, 0.6]'),
+                    encoding='utf-8')
+    try:
+        test_planning_validating_dry_running_and_reporting_leave_torch_out(tmp_path)
+        from test_sweep import test_markdown_and_yaml_plans_agree
+        test_markdown_and_yaml_plans_agree()
+        assert P.load_plans(user, profile='smoke')[0].values == [0.05, 0.6]   # and the user's plan itself loads
+    finally:
+        user.unlink()
+
+
+# ---- a run's identity covers its recipe ---------------------------------------------------------
+
+def test_recipe_defaults_read_without_import_match_the_dataclasses():
+    "The recipe read from the dataclass source (no torch) is exactly the dataclass's defaults, for both experiments."
+    from dataclasses import asdict
+    from contrastive_ablations import clel, ickd
+    from contrastive_ablations.experiments import profile_recipe, recipe_defaults
+    for exp, cls in ((ICKD, ickd.ICKDConfig), (CLEL, clel.CLELConfig)):
+        assert json.loads(json.dumps(asdict(cls()))) == json.loads(json.dumps(recipe_defaults(exp)))
+        for prof in exp.profiles:   # the profile's values win over the defaults
+            r = profile_recipe(exp, prof)
+            assert all(r[k] == json.loads(json.dumps(v)) for k, v in exp.profiles[prof].items())
+
+
+def test_a_changed_profile_value_gives_new_run_ids(monkeypatch):
+    "Changing one value of a profile changes the run ids of every run of that profile, and only of that profile."
+    from contrastive_ablations import sweep as S
+    plans = P.load_plans(ROOT/'plans'/'ickd_margin.yaml', profile='smoke', seeds=1)
+    ids = lambda profile: [r.run_id for r in S.expand_runs(plans, profile, 'runs')]
+    smoke, quick = ids('smoke'), ids('quick')
+    monkeypatch.setitem(ICKD.profiles, 'smoke', {**ICKD.profiles['smoke'], 'n_train': 2048})
+    assert set(ids('smoke')).isdisjoint(smoke) and len(ids('smoke')) == len(smoke)
+    assert ids('quick') == quick
+
+
+def test_declared_architectures_are_the_networks():
+    "teacher_arch/student_arch are checked against a declared list (no torch at planning time): it is exactly networks.MODELS."
+    from contrastive_ablations.experiments import ARCHS
+    from contrastive_ablations.networks import MODELS
+    assert set(ARCHS) == set(MODELS)
+    with pytest.raises(ParameterError, match="'teacher_arch' = 'resnet9000' is not a known value"):
+        ICKD.validate({'teacher_arch': 'resnet9000'})
+
+
+def test_a_template_run_alone_records_its_code_and_recipe(tmp_path):
+    "write_run_outputs (the templates' last cell, also without a sweep) writes run_info.json: version, commit, dirty flag, libraries, recipe."
+    from contrastive_ablations import sweep as S
+    from contrastive_ablations.core import write_run_outputs
+    params = ICKD.validate({'profile': 'smoke', 'delta': 0.3, 'dataset': 'fashion_mnist'})
+    write_run_outputs(tmp_path, params, {'status': 'ok', 'teacher_top1': 80.0}, experiment='ickd')
+    info = json.loads((tmp_path/'run_info.json').read_text())
+    assert info['package_version'] and {'commit', 'dirty'} <= set(info['git']) and info['libraries']['torch'] and info['libraries']['numpy']
+    plan = P.load_plans(ROOT/'plans'/'ickd_margin.yaml', profile='smoke', seeds=1)
+    assert info['recipe_hash'] == S.expand_runs(plan, 'smoke', tmp_path/'runs')[0].recipe   # the recipe a sweep names its folders by
+    assert info['recipe']['teacher_epochs'] == ICKD.profiles['smoke']['teacher_epochs']

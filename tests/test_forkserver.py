@@ -81,3 +81,91 @@ def test_switched_off_or_without_server_the_command_is_ordinary(monkeypatch, tmp
     km = fs.fork_kernel_manager()(kernel_name='python3')
     km.connection_file = str(tmp_path / 'k.json')
     assert 'ipykernel_launcher' in ' '.join(km.format_kernel_cmd())
+
+
+def _thread_probe(tmp_path, km):
+    "torch's thread count in a kernel, and the OS threads its first parallel regions started (a hang fails as a cell timeout)."
+    nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}})
+    nb.cells = [nbformat.v4.new_code_cell("import os, sys, torch\npreloaded = 'torch' in sys.modules\n"
+                                          "before = len(os.listdir('/proc/self/task'))"),
+                nbformat.v4.new_code_cell("a = torch.randn(512, 512)\nfor _ in range(5): a = torch.tanh(a @ a)\n"
+                                          "float(torch.randn(10**6).exp().sum())\n"
+                                          "order = torch.randperm(10**6)   # as a data loader shuffles (where kernels hung)\n"
+                                          "print(preloaded, torch.get_num_threads(), len(os.listdir('/proc/self/task')) - before)")]
+    src = tmp_path / 'threads.ipynb'; nbformat.write(nb, src)
+    out = pm.execute_notebook(str(src), str(tmp_path / 'out.ipynb'), cwd=str(tmp_path), progress_bar=False,
+                              kernel_manager_class=km, execution_timeout=90)
+    return out.cells[1].outputs[0]['text'].split()
+
+
+@pytest.mark.skipif(not Path('/proc/self/task').is_dir(), reason='counts threads in /proc')
+def test_kernels_run_two_threads_whatever_the_server_ran_before_the_fork(tmp_path, monkeypatch):
+    "A server given 2 threads whose preloading runs parallel regions (as loading data does): its forked kernels run 2 threads and do not hang (OpenMP after fork)."
+    (tmp_path / 'parallel_at_import.py').write_text('import torch\nx = torch.randn(1500, 1500)\nfloat((x @ x).exp().sum())\n')
+    path = str(tmp_path / 'kernels.sock')
+    env = {**os.environ, **kernel_env(2), 'PYTHONPATH': os.pathsep.join([str(tmp_path), kernel_env()['PYTHONPATH']])}
+    code = ('import sys; from contrastive_ablations import forkserver as fs; '
+            'fs.serve(sys.argv[1], fs.PRELOAD + ("parallel_at_import",))')
+    server = subprocess.Popen([sys.executable, '-c', code, path], env=env, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(path) and server.poll() is None and time.monotonic() < deadline: time.sleep(0.1)
+        assert os.path.exists(path), 'the fork server did not start'
+        monkeypatch.setenv(fs.SOCKET_ENV, path); monkeypatch.setenv('OMP_NUM_THREADS', '2')
+        preloaded, threads, new_threads = _thread_probe(tmp_path, fs.fork_kernel_manager())
+        assert (preloaded, threads) == ('True', '2')
+        assert int(new_threads) >= 1, 'no OpenMP worker thread started: the kernel runs on one thread'
+    finally:
+        server.kill(); server.wait()
+
+
+def test_two_thread_kernel_from_a_sweep_workers_server(tmp_path, monkeypatch):
+    "What a sweep worker with 2 threads per run does: start_fork_server(kernel_env(2)); its kernels run 2 threads."
+    old = os.environ.get(fs.SOCKET_ENV)
+    path = fs.start_fork_server(kernel_env(2))
+    assert path
+    try:
+        monkeypatch.setenv('OMP_NUM_THREADS', '2')
+        assert _thread_probe(tmp_path, fs.fork_kernel_manager())[:2] == ['True', '2']
+    finally:
+        fs.SERVERS.pop(path).kill()
+        if old is None: os.environ.pop(fs.SOCKET_ENV, None)
+        else: os.environ[fs.SOCKET_ENV] = old
+
+
+def test_server_is_single_threaded_and_kernel_takes_its_run_count(monkeypatch):
+    "The server keeps 1 OpenMP/MKL thread whatever it was given; a kernel takes OMP_NUM_THREADS of its request (else every CPU)."
+    monkeypatch.setenv('OMP_NUM_THREADS', '7'); monkeypatch.setenv('MKL_NUM_THREADS', '7')
+    code = ("import os, torch; from contrastive_ablations import forkserver as fs; fs._single_threaded(); "
+            "print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'], torch.get_num_threads())")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.stdout.split() == ['1', '1', '1'], r
+    assert fs._threads_of({'OMP_NUM_THREADS': '3'}) == 3
+    assert fs._threads_of({}) == fs._threads_of({'OMP_NUM_THREADS': 'x'}) == len(os.sched_getaffinity(0))
+
+
+FORK_PROBE = r"""
+import os, sys, time
+os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '2'   # what a worker with 2 threads per run gives its server
+from contrastive_ablations import forkserver as fs
+if sys.argv[1] == 'server': fs._single_threaded()                     # what the fork server does before preloading
+import torch
+x = torch.randn(1500, 1500); float((x @ x).exp().sum()); torch.randperm(10**6)   # preloading and data: parallel regions
+pid = os.fork()
+if pid == 0:   # as a kernel: the run's thread count, then a data loader's shuffle and some arithmetic
+    torch.set_num_threads(fs._threads_of({'OMP_NUM_THREADS': '2'}))
+    torch.randperm(10**6); float(torch.randn(10**6).exp().sum())
+    print('ok', torch.get_num_threads(), flush=True); os._exit(0)
+t0 = time.time()
+while not os.waitpid(pid, os.WNOHANG)[0]:
+    if time.time() - t0 > 20: print('hangs', flush=True); os.kill(pid, 9); os.waitpid(pid, 0); break
+    time.sleep(0.05)
+"""
+
+
+def test_fork_after_the_servers_preparation_runs_any_thread_count():
+    "The fork server's preparation (`_single_threaded`) leaves no OpenMP pool to lose in a fork: a 2-thread child runs; without it the same child hangs."
+    run = lambda mode: subprocess.run([sys.executable, '-c', FORK_PROBE, mode], capture_output=True, text=True,
+                                      timeout=180, cwd=ROOT).stdout.split()
+    assert run('server') == ['ok', '2']
+    assert run('plain') == ['hangs']   # the OpenMP-after-fork deadlock this guards against (the probe can tell)

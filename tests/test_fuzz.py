@@ -1,4 +1,4 @@
-"""Fuzz test (issue #15): generated plans (YAML text, markdown text and dicts) and parameter sets end either in a
+"""Fuzz test: generated plans (YAML text, markdown text and dicts) and parameter sets end either in a
 clean error that names the file and the field, or in a valid run list: never another exception, never a hang."""
 import re, signal
 from pathlib import Path

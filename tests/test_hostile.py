@@ -1,4 +1,4 @@
-"""Hostile but fair input (issue #15): resource exhaustion in plans, files that are not what they claim, names that
+"""Hostile but fair input: resource exhaustion in plans, files that are not what they claim, names that
 become paths, silently wrong input, late failures (unwritable output, divergence, full or read-only disks).
 Every test here failed on the code before the fix; each checks that the input is refused by name or handled."""
 import errno, json, os, pickle, subprocess, sys, time
@@ -240,3 +240,199 @@ def test_disk_errors_in_a_worker_stop_the_sweep():
     spec = S.RunSpec('s', 'r', 'control', 'l', 'x', 1, 0, 'nb', {}, '/tmp/x')
     with pytest.raises(OSError): S._failed(spec, OSError(errno.ENOSPC, 'No space left on device'))
     assert S._failed(spec, RuntimeError('boom'))['status'] == 'failed'
+
+
+# ---- values at the boundary ----------------------------------------------------------------------------
+
+ICKD_MARGIN = (ROOT/'plans'/'ickd_margin.yaml').read_text(encoding='utf-8')
+
+
+@pytest.mark.parametrize('device', ['<img src=x onerror=alert(1)>', 'cuda:', 'cuda:-1', 'gpu', 'CPU', 'cpu ', 'cuda:1; rm -rf /'])
+def test_device_outside_its_documented_domain_refused(tmp_path, device):
+    "`device` takes 'auto', 'cpu', 'cuda' or 'cuda:N' only: anything else is refused naming the field, before any run."
+    text = ICKD_MARGIN.replace('dataset: fashion_mnist', f'dataset: fashion_mnist\n  device: {json.dumps(device)}')
+    _refused(_plan(tmp_path, text), 'fixed', "parameter 'device'")
+
+
+def test_devices_in_the_domain_accepted(tmp_path):
+    for device in ('auto', 'cpu', 'cuda', 'cuda:0', 'cuda:7'):
+        text = ICKD_MARGIN.replace('dataset: fashion_mnist', f'dataset: fashion_mnist\n  device: "{device}"')
+        assert P.load_plans(_plan(tmp_path, text), profile='smoke')[0].fixed['device'] == device
+
+
+@pytest.mark.parametrize('where,field', [('fixed', 'fixed.teacher_arch'), ('label', 'baselines[0].label'),
+                                         ('title', 'title'), ('value', 'values[0]')])
+def test_text_that_is_not_utf8_refused_naming_the_field(tmp_path, where, field):
+    "A lone surrogate (YAML's \\ud800 escape) in any text of a plan is refused with the field, not at run time."
+    bad = '"a\\ud800b"'
+    text = {'fixed': ICKD_MARGIN.replace('dataset: fashion_mnist', f'dataset: fashion_mnist\n  teacher_arch: {bad}'),
+            'label': ICKD_MARGIN.replace('label: vanilla teacher', f'label: {bad}'),
+            'title': ICKD_MARGIN.replace('title: Ablation of the margin threshold δ', f'title: {bad}'),
+            'value': TOY_X.replace('parameter: x', 'parameter: mode').replace('values: [0.1, 0.5]', f'values: [{bad}]')
+                          .replace('control: 0.3', 'control: a').replace('  mode: b\n', '  x: 0.3\n')}[where]
+    _refused(_plan(tmp_path, text), field, 'cannot be written as UTF-8')
+
+
+def test_lone_surrogate_in_a_parameter_named():
+    from contrastive_ablations.core import ParameterError
+    from contrastive_ablations.experiments import ICKD
+    with pytest.raises(ParameterError, match=r"parameter 'teacher_arch' = 'x\\ud800' is not valid text"):
+        ICKD.validate({'teacher_arch': 'x\ud800'})
+
+
+def test_scientific_notation_reads_as_numbers(tmp_path):
+    "`1e-1` and `5E-1` (text for YAML 1.1) are numbers in a plan, as YAML 1.2 and every user read them; quoted, they stay text."
+    plan = P.load_plans(_plan(tmp_path, TOY_X.replace('values: [0.1, 0.5]', 'values: [1e-1, 5E-1, 2.5e-1]')), profile='smoke')[0]
+    assert plan.values == [0.1, 0.5, 0.25]
+    _refused(_plan(tmp_path, TOY_X.replace('values: [0.1, 0.5]', 'values: ["1e-1"]')), 'values[0]', 'is not a number')
+    text = ICKD_MARGIN.replace('dataset: fashion_mnist', 'dataset: fashion_mnist\n  lr: 1e-3')
+    assert P.load_plans(_plan(tmp_path, text), profile='smoke')[0].fixed['lr'] == 0.001
+
+
+# ---- the report shows exactly what ran -----------------------------------------------------------------
+
+@pytest.mark.parametrize('label', ['.hidden', '..', '...', '_private', '-.-', '!!!'])
+def test_labels_become_visible_folders_and_their_runs_are_reported(tmp_path, label):
+    "A baseline label that slugs to a hidden or empty name gets a visible folder; its finished runs are in the study."
+    from contrastive_ablations.rundata import load_study
+    text = TOY_X.replace('label: no flag', f'label: {json.dumps(label)}').replace('values: [0.1, 0.5]', 'values: [0.5]')
+    plans = P.load_plans(_plan(tmp_path, text), profile='smoke', seeds=1)
+    runs = S.expand_runs(plans, 'smoke', tmp_path/'runs')
+    assert all(not r.run_id.startswith(('.', '_', '-')) and r.run_id.split('_seed=')[0] for r in runs), [r.run_id for r in runs]
+    res = S.sweep(plans, out=tmp_path/'runs', profile='smoke', workers=1, stream=open(os.devnull, 'w'))
+    assert res.ok
+    st = load_study(tmp_path/'runs'/'toy_x')
+    assert len(st.runs) == 3 and (st.runs.status == 'ok').all() and label in set(st.runs.variant.astype(str))
+
+
+def test_slugs_of_distinct_hidden_labels_do_not_collide():
+    ids = {S.make_run_id(l, 0, {'flag': f}) for l, f in (('.a', True), ('a', False), ('..', True), ('...', False))}
+    assert len(ids) == 4 and not any(i.startswith('.') for i in ids)
+
+
+def test_params_json_that_disagrees_with_the_run_is_invalid_and_redone(tmp_path):
+    "A run folder whose params.json is not the run its name says is reported invalid (never a value of the study) and redone."
+    import shutil
+    from contrastive_ablations.rundata import load_study
+    from contrastive_ablations.report import format_report
+    plans = P.load_plans(ASSETS/'plans'/'toy_x.yaml', profile='smoke', seeds=1)
+    out = tmp_path/'runs'
+    res = S.sweep(plans, out=out, profile='smoke', workers=1, stream=open(os.devnull, 'w'))
+    run = next(r for r in res.runs if r.label == 'x=0.5')
+    p = Path(run.run_dir)/'params.json'
+    p.write_text(p.read_text().replace('"x": 0.5', '"x": 0.9'))
+    # a copy of a run under another run's name (the manifest does not list it)
+    other = next(r for r in res.runs if r.label == 'x=0.1')
+    stray = out/'toy_x'/other.run_id.replace(other.run_id.rsplit('-', 1)[1], '0badc0de')
+    shutil.copytree(other.run_dir, stray)
+    st = load_study(out/'toy_x')
+    assert '0.9' not in set(st.runs.variant.astype(str)) and len(st.runs) == 4
+    bad = st.runs[st.runs.run_id == run.run_id].iloc[0]
+    assert bad.status == 'invalid' and bad.variant == '0.5' and 'params.json says x=0.9' in bad.error
+    assert [r['run_id'] for r in st.left_out] == [stray.name] and 'identity hash 0badc0de' in st.left_out[0]['why']
+    text = format_report(st)
+    assert f'left out: {stray.name}: invalid' in text and 'x=0.9' in text
+    assert S.run_state(run) == 'todo'   # a value a run never had is never counted as done: the sweep redoes it
+    # a value of the identity that was not injected (the toy's default sleep_s) is checked too
+    p.write_text(p.read_text().replace('"x": 0.9', '"x": 0.5').replace('"sleep_s": 0.0', '"sleep_s": 1.0'))
+    assert S.run_state(run) == 'todo'
+    res2 = S.sweep(plans, out=out, profile='smoke', workers=1, stream=open(os.devnull, 'w'))
+    assert res2.ok and res2.done == [run.run_id] and S.run_state(run) == 'done'
+
+
+# ---- damaged folders never cost work -------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['metrics.json', 'params.json', 'run.ipynb', 'error.txt', 'run_info.json', 'curves.csv'])
+def test_a_run_file_that_is_a_folder_is_kept_and_the_run_redone(tmp_path, name):
+    "Whatever the shape of a run's files, the resume moves what it cannot judge aside (never deletes it) and reruns."
+    plans = [P.validate_plan(P.Plan('toy_one', 'toy', 'mode', ['b'], 'b', ['top1'], [0], source='mem'), 'smoke')]
+    out = tmp_path/'runs'
+    res = S.sweep(plans, out=out, profile='smoke', workers=1, stream=open(os.devnull, 'w'))
+    d = Path(res.runs[0].run_dir)
+    notebook = (d/'run.ipynb').read_bytes()
+    (d/name).unlink(missing_ok=True); (d/name).mkdir(); (d/name/'inner.txt').write_text('keep me')
+    res2 = S.sweep(plans, out=out, profile='smoke', workers=1, stream=open(os.devnull, 'w'))
+    assert res2.ok and res2.done == [res.runs[0].run_id], res2
+    aside = [p for p in d.iterdir() if p.name.startswith('.damaged-')]
+    assert len(aside) == 1 and (aside[0]/name/'inner.txt').read_text() == 'keep me'
+    if name != 'run.ipynb': assert (aside[0]/'run.ipynb').read_bytes() == notebook   # the old notebook is kept
+    assert S.run_state(res.runs[0]) == 'done' and ((d/name).is_file() or name == 'error.txt' and not (d/name).exists())
+
+
+def test_a_failing_rerun_of_a_damaged_folder_writes_the_error_it_points_to(tmp_path):
+    plans = [P.validate_plan(P.Plan('toy_one', 'toy', 'mode', ['b'], 'b', ['top1'], [0], source='mem'), 'smoke')]
+    out = tmp_path/'runs'
+    run = S.expand_runs(plans, 'smoke', out)[0]
+    d = Path(run.run_dir); d.mkdir(parents=True)
+    (d/'metrics.json').mkdir(); (d/'error.txt').mkdir()
+    plans_fail = [P.validate_plan(P.Plan('toy_one', 'toy', 'mode', ['b'], 'b', ['top1'], [0], fixed={'fail': True}, source='mem'), 'smoke')]
+    res = S.sweep(plans_fail, out=out, profile='smoke', workers=1, stream=open(os.devnull, 'w'))
+    d = Path(res.runs[0].run_dir)
+    assert not res.ok and (d/'error.txt').is_file() and 'failure requested' in (d/'error.txt').read_text()
+
+
+# ---- report --csv: unwritable paths refused with a message ---------------------------------------------
+
+def _report_csv(tmp_path, capsys, target):
+    from contrastive_ablations.report import cli_report
+    from fixtures import write_study
+    if not (tmp_path/'runs').exists(): write_study(tmp_path/'runs', 'ickd_margin', seeds=2)
+    rc = cli_report([str(tmp_path/'runs'), '--csv', str(target)])
+    cap = capsys.readouterr()
+    return rc, cap.err, cap.out
+
+
+@pytest.mark.parametrize('kind', ['file', 'proc', 'folder-in-the-way'])
+def test_report_csv_to_an_unusable_path(tmp_path, capsys, kind):
+    target = {'file': tmp_path/'a_file', 'proc': Path('/proc/contrastive_ablations_csv'), 'folder-in-the-way': tmp_path/'csv'}[kind]
+    if kind == 'file': target.write_text('x')
+    if kind == 'folder-in-the-way': (target/'ickd_margin.csv').mkdir(parents=True)
+    rc, err, out = _report_csv(tmp_path, capsys, target)
+    assert rc == 2 and 'report: --csv:' in err and str(target) in err and 'Traceback' not in err + out, err
+    assert out == ''   # refused before any report is printed
+
+
+@pytest.mark.parametrize('err_no,why', [(errno.EROFS, 'read-only file system'), (errno.ENOSPC, 'no space left')])
+def test_report_csv_on_a_read_only_or_full_disk(tmp_path, capsys, monkeypatch, err_no, why):
+    import tempfile
+    from contrastive_ablations import core
+    from fixtures import write_study
+    write_study(tmp_path/'runs', 'ickd_margin', seeds=2)
+    real = tempfile.mkstemp
+    def refuse(*a, **kw):
+        if Path(str(kw.get('dir', ''))).name == 'csv': raise OSError(err_no, os.strerror(err_no))
+        return real(*a, **kw)
+    monkeypatch.setattr(tempfile, 'mkstemp', refuse)
+    rc, err, out = _report_csv(tmp_path, capsys, tmp_path/'csv')
+    assert rc == 2 and why in err and 'Traceback' not in err, err
+    monkeypatch.setattr(tempfile, 'mkstemp', real)
+    # the disk fills up after the check: the message names the file, still no traceback
+    def full(path, text): raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(core, 'atomic_write_text', full)
+    rc, err, out = _report_csv(tmp_path, capsys, tmp_path/'csv2')
+    assert rc == 2 and 'cannot write' in err and 'no space left' in err and 'Traceback' not in err, err
+
+
+def test_a_named_pipe_in_a_run_folder_never_hangs(tmp_path):
+    "A named pipe where a run file belongs is reported (report) and moved aside (sweep), never read: reading it would block forever."
+    code = f'''
+import os
+from pathlib import Path
+from contrastive_ablations.core import write_run_outputs
+from contrastive_ablations.rundata import load_study
+from contrastive_ablations import sweep as S
+root = Path({str(tmp_path)!r})/'st'
+for i, name in enumerate(['metrics.json', 'params.json', 'run_info.json']):
+    d = root/f'delta=0.{{i + 1}}-seed=0'
+    write_run_outputs(d, {{'delta': 0.1 * (i + 1), 'seed': 0}}, {{'status': 'ok', 'teacher_top1': 80.0}})
+    os.unlink(d/name); os.mkfifo(d/name)
+st = load_study(root)
+bad = st.runs[st.runs.status == 'invalid']
+assert len(bad) == 2 and bad.error.str.contains('is not a file').all(), st.runs
+assert S._read(root/'delta=0.1-seed=0'/'metrics.json') is None
+aside = S.move_aside(root/'delta=0.3-seed=0')
+assert aside is not None and (aside/'run_info.json').is_fifo()
+print('ok')
+'''
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stderr[-2000:]

@@ -7,6 +7,8 @@ import contextlib
 import html
 import io
 import json
+import shutil
+from pathlib import Path
 import math
 import re
 import subprocess
@@ -206,3 +208,53 @@ def test_reading_and_reporting_do_not_import_torch(tmp_path):
             "assert 'torch' not in sys.modules, 'torch was imported'")
     p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+# ---- a run is tied to its recipe and code; the report never mixes recipes ----------------------------------
+
+def test_changed_recipe_makes_new_runs_and_the_report_never_mixes_them(tmp_path, monkeypatch):
+    "A changed profile value gives new run folders (the old ones stay); the study compares one recipe and names what it left out."
+    import os
+    from contrastive_ablations import plans as P, sweep as S
+    from contrastive_ablations.report import format_report, provenance_sentence
+    from test_sweep import PLANS, TOY
+    saved = dict(P.EXPERIMENTS)
+    exp = TOY.register()
+    try:
+        out, plan = tmp_path/'runs', PLANS/'toy_x.yaml'
+        quiet = open(os.devnull, 'w')
+        first = S.sweep([plan], out=out, profile='smoke', seeds=1, workers=1, stream=quiet)
+        assert first.ok and len(first.done) == 4
+        info = json.loads((Path(first.runs[0].run_dir)/'run_info.json').read_text())   # what made the run, in its own files
+        assert info['package_version'] and {'commit', 'dirty'} <= set(info['git'])
+        assert info['libraries']['torch'] and info['libraries']['numpy'] and info['recipe_hash'] == first.runs[0].recipe
+        old = {r.run_id for r in first.runs}
+
+        monkeypatch.setitem(exp.profiles, 'smoke', {'steps': 20})   # the smoke recipe changes
+        second = S.sweep([plan], out=out, profile='smoke', seeds=1, workers=1, stream=quiet)
+        assert second.ok and len(second.done) == 4 and not second.skipped   # nothing of the old recipe counts as done
+        new = {r.run_id for r in second.runs}
+        assert old.isdisjoint(new) and all((out/'toy_x'/r/'metrics.json').is_file() for r in old | new)   # old runs kept
+
+        st = load_study(out/'toy_x')
+        assert set(st.runs.run_id) == new and st.recipe == second.runs[0].recipe
+        assert sorted(r['run_id'] for r in st.left_out) == sorted(old) and all('another recipe' in r['why'] for r in st.left_out)
+        text = format_report(st)
+        assert 'left out' in text and all(r in text for r in old) and '4 runs left out' in provenance_sentence(st)
+
+        # runs written before runs recorded their recipe: "recipe unknown", never mixed with known-recipe runs
+        old = set()
+        for r in first.runs:   # as the suite wrote them before: no recipe in the folder name's hash or in run_info.json
+            f = Path(r.run_dir)/'run_info.json'
+            i = json.loads(f.read_text()); i.pop('recipe_hash'); f.write_text(json.dumps(i))
+            old.add(S.make_run_id(r.label, r.seed, r.identity)); os.rename(r.run_dir, out/'toy_x'/S.make_run_id(r.label, r.seed, r.identity))
+        st = load_study(out/'toy_x')
+        assert set(st.runs.run_id) == new and sorted(r['run_id'] for r in st.left_out) == sorted(old)
+        assert all('recipe unknown' in r['why'] for r in st.left_out), st.left_out
+        for r in second.runs: shutil.rmtree(r.run_dir)
+        (out/'toy_x'/'manifest.json').unlink()
+        st = load_study(out/'toy_x')   # only old runs: all kept, and the page says their recipe is unknown
+        assert set(st.runs.run_id) == old and st.recipe is None and 'recipe unknown' in provenance_sentence(st)
+        assert 'Code version: package ' in provenance_sentence(st)
+    finally:
+        P.EXPERIMENTS.clear(); P.EXPERIMENTS.update(saved)

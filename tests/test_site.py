@@ -263,3 +263,180 @@ def test_results_csv_beside_pages(site):
         for c in ('mean', 'ci_low', 'ci_high'):
             v = df[c].dropna()
             assert ((v >= lo[v.index] - 1e-9) & (v <= hi[v.index] + 1e-9)).all(), f'{s}: {c} outside the range'
+
+
+# ---- failures, the lesson cache and the output folder, on a tiny notebook tree (seconds, no smoke sweep) ----
+
+import errno
+import json
+import os
+import sys
+
+import nbformat
+
+import contrastive_ablations.site as site_mod
+from contrastive_ablations.site import cli_site
+
+GOOD = 'print("good lesson ran")'
+
+
+def tiny_tree(root: Path, good=GOOD, bad='assert True') -> Path:
+    "A repository with three notebooks (index, good, bad) and the project's settings.ini."
+    (root / 'nbs').mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / 'settings.ini', root / 'settings.ini')
+    (root / 'nbs' / '_quarto.yml').write_text('project:\n  type: website\n  output-dir: _docs\nwebsite:\n  title: "tiny"\n'
+                                              '  sidebar:\n    contents:\n      - index.ipynb\n      - good.ipynb\n      - bad.ipynb\n')
+    for name, code in (('index', 'print("home")'), ('good', good), ('bad', bad)):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell(f'# {name.title()}\n> one line'), nbformat.v4.new_code_cell(code)]
+        nbformat.write(nb, root / 'nbs' / f'{name}.ipynb')
+    return root
+
+
+def tiny_build(root: Path, **kw) -> dict:
+    kw = {'lessons': ['good.ipynb', 'bad.ipynb'], 'cache_dir': root / 'cache', 'quiet': True, **kw}
+    return build_site(kw.pop('runs', root / 'runs'), kw.pop('out', root / '_site'), root=root, **kw)
+
+
+def cli(root: Path, *args, runs=None):
+    "`python -m contrastive_ablations site` in the tiny repository."
+    return subprocess.run([sys.executable, '-m', 'contrastive_ablations', 'site', '--runs', str(runs or root / 'runs'),
+                           '--cache', str(root / 'cache'), *args], cwd=root, capture_output=True, text=True, timeout=600)
+
+
+def snapshot(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    "A cache folder of the test's own for the artefacts the lessons read."
+    monkeypatch.setenv('CONTRASTIVE_ABLATIONS_CACHE', str(tmp_path / 'artefacts'))
+    return tmp_path / 'artefacts'
+
+
+@needs_renderer
+def test_failed_lesson_fails_the_build_and_is_not_cached(tmp_path, private_cache):
+    "Every other page is built, the exit status says it failed, no page shows a traceback, and nothing failed is cached."
+    root = tiny_tree(tmp_path / 'repo')
+    assert not tiny_build(root).get('failed')
+    good_page = (root / '_site' / 'bad.html').read_text()
+    tiny_tree(root, good='print("good lesson, second edition")', bad='x = 0.1\nassert x > 0.5, "accuracy too low"')
+    p = cli(root, '--lessons', 'good.ipynb', 'bad.ipynb')
+    assert p.returncode != 0, p.stdout + p.stderr
+    assert "bad: cell 1, line 2 ('assert x > 0.5, \"accuracy too low\"'): AssertionError: accuracy too low" in p.stderr, p.stderr
+    assert 'Traceback' not in p.stderr, p.stderr
+    site = root / '_site'
+    assert 'good lesson, second edition' in (site / 'good.html').read_text(), 'every other page is built'
+    kept = (site / 'bad.html').read_text()
+    assert 'failed in the latest build' in kept and 'accuracy too low' in kept, 'the previous good page, marked'
+    assert kept.replace(re.search(r'<div class="site-build-failed".*?</div>\n?', kept, re.S).group(0), '') == good_page
+    for f in site.rglob('*.html'): assert 'Traceback' not in f.read_text(), f
+    cached = [f for f in (root / 'cache').glob('bad-*') if 'accuracy too low' in f.read_text()]
+    assert not cached, f'a failed execution was cached: {cached}'
+    # a site that never had a good page of it: a short page saying what failed
+    r = tiny_build(root, out=tmp_path / 'fresh')
+    assert list(r['failed']) == ['bad'] and r['kept'] == {} and 'bad' in r['executed'], r
+    fresh = (tmp_path / 'fresh' / 'bad.html').read_text()
+    assert 'could not be built' in fresh and 'AssertionError: accuracy too low' in fresh and 'Traceback' not in fresh
+    # fixed: the next build succeeds and the notes are gone
+    tiny_tree(root, good='print("good lesson, second edition")')
+    p = cli(root, '--lessons', 'good.ipynb', 'bad.ipynb')
+    assert p.returncode == 0, p.stderr
+    assert 'site-build-failed' not in (site / 'bad.html').read_text()
+
+
+@needs_renderer
+def test_lesson_cache_is_keyed_by_cached_artefacts(tmp_path, private_cache, monkeypatch):
+    "A lesson executes again when an artefact it may read (an FID extractor) changes, not after caching its own."
+    monkeypatch.setattr(site_mod, 'package_fingerprint', lambda: 'the package')   # only the artefacts change here
+    makes = ('import os, pathlib\n'
+             'p = pathlib.Path(os.environ["CONTRASTIVE_ABLATIONS_CACHE"]) / "fid_extractors" / "made_by_lesson.json"\n'
+             'p.parent.mkdir(parents=True, exist_ok=True)\n'
+             'if not p.exists(): p.write_text("{}")\n'
+             'print("good lesson ran")')
+    root = tiny_tree(tmp_path / 'repo', good=makes)
+    first, again = tiny_build(root), tiny_build(root)
+    assert sorted(first['executed']) == ['bad', 'good'] and again['executed'] == [], (first, again)
+    entry = private_cache / 'fid_extractors' / '0123456789abcdef0123'   # an entry of the cache module, e.g. retrained
+    entry.mkdir()
+    (entry / 'entry.json').write_text('{"kind": "fid_extractors", "created": 1}')
+    third = tiny_build(root)
+    assert sorted(third['executed']) == ['bad', 'good'], third
+    os.utime(entry / 'entry.json')   # the cache module marks an entry used each time it is read: not a change
+    assert tiny_build(root)['executed'] == []
+
+
+@needs_renderer
+def test_symlink_loop_in_runs_keeps_the_site_and_warns(tmp_path, private_cache, capsys):
+    from fixtures import write_study
+    root = tiny_tree(tmp_path / 'repo')
+    runs = tmp_path / 'runs'
+    write_study(runs, seeds=2, broken=False)
+    tiny_build(root, runs=runs, lessons=['good.ipynb'])
+    study = runs / 'ickd_margin'
+    (study / 'loop').symlink_to('.')
+    (study / 'self').symlink_to(study / 'self')
+    run0 = next(d for d in sorted(study.iterdir()) if d.is_dir() and not d.is_symlink())
+    (run0 / 'up').symlink_to('..')
+    r = tiny_build(root, runs=runs, lessons=['good.ipynb'], quiet=False)
+    out = capsys.readouterr().out
+    assert r['failed'] == {} and 'results/ickd_margin.html' in r['pages'], r
+    assert (root / '_site' / 'results' / 'ickd_margin.html').is_file() and (root / '_site' / MARKER).is_file()
+    for name in ('loop', 'self', 'up'): assert re.search(rf'WARNING: runs folder: skipped \S*/{name}\b', out), out
+
+
+def test_out_foreign_or_unwritable_is_refused(tmp_path):
+    "`site --out` a folder it did not write, a file or an unwritable place: exit 2, a message, no traceback, nothing touched."
+    root = tiny_tree(tmp_path / 'repo')
+    foreign = tmp_path / 'important'
+    foreign.mkdir(); (foreign / 'notes.txt').write_text('mine')
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('mine')
+    targets = [foreign, a_file, Path('/proc/contrastive_ablations_site'), a_file / 'site']
+    if os.geteuid() != 0:   # root writes anywhere: the read-only folder test needs another user
+        ro = tmp_path / 'read_only'; ro.mkdir(); ro.chmod(0o555); targets.append(ro / 'site')
+    for out in targets:
+        t = time.time()
+        p = cli(root, '--out', str(out))
+        assert p.returncode == 2, (out, p.returncode, p.stderr)
+        assert p.stderr.startswith('error: --out:') and "parameter 'out_dir'" in p.stderr and 'Traceback' not in p.stderr, (out, p.stderr)
+        assert time.time() - t < 60, 'refused before any work'
+    p = cli(root, '--out', str(tmp_path / 'new_site'), '--build-dir', str(foreign))   # the working copy is deleted at the next build
+    assert p.returncode == 2 and "parameter 'build_dir'" in p.stderr and 'Traceback' not in p.stderr, p.stderr
+    assert (foreign / 'notes.txt').read_text() == 'mine' and sorted(os.listdir(foreign)) == ['notes.txt']
+    assert a_file.read_text() == 'mine'
+
+
+@needs_renderer
+def test_failed_build_leaves_the_old_site_byte_identical(tmp_path, private_cache, monkeypatch, capsys):
+    "A full disk (or Ctrl-C) during a build: a message and an exit status, and the old site exactly as it was."
+    root = tiny_tree(tmp_path / 'repo')
+    tiny_build(root)
+    site = root / '_site'
+    before = snapshot(site)
+    def full_disk(*a, **k): raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(site_mod, 'make_offline', full_disk)
+    monkeypatch.chdir(root)
+    tiny_tree(root, good='print("a newer good lesson")')
+    status = cli_site(['--runs', str(root / 'runs'), '--cache', str(root / 'cache'), '--lessons', 'good.ipynb', 'bad.ipynb'])
+    err = capsys.readouterr().err
+    assert status == 1 and 'No space left on device' in err and 'is as it was before' in err and 'Traceback' not in err, err
+    assert snapshot(site) == before
+    def interrupted(*a, **k): raise KeyboardInterrupt
+    monkeypatch.setattr(site_mod, 'make_offline', interrupted)
+    with pytest.raises(KeyboardInterrupt): tiny_build(root)
+    assert snapshot(site) == before
+    assert [p.name for p in root.iterdir() if p.name.startswith('._site.')] == [], 'no half-built folder is left'
+
+
+@needs_renderer
+def test_runs_parquet_beside_pages(site, runs_dir):
+    "The site has every run of every study as results/runs.parquet (one row per study, value, seed and metric)."
+    import pandas as pd
+    from contrastive_ablations.rundata import load_study
+    out, report, _ = site
+    t = pd.read_parquet(out/'results'/'runs.parquet')
+    assert report['runs_table'] == 'results/runs.parquet'
+    for d in find_studies(runs_dir):
+        assert set(load_study(d).runs.run_id) <= set(t[t.study == d.name].run_id), d.name   # (+ runs a study leaves out)

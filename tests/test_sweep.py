@@ -1,6 +1,6 @@
-"""End-to-end tests of plan-driven papermill sweeps (issue #6): real notebook executions, interruption and
+"""End-to-end tests of plan-driven papermill sweeps: real notebook executions, interruption and
 resume, bad plans, a notebook that lost its `parameters` tag, the submitit executor, the lock."""
-import importlib.util, json, os, shutil, signal, subprocess, sys, time
+import contextlib, importlib.util, json, os, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
 
 import nbformat
@@ -303,7 +303,8 @@ def test_markdown_and_yaml_plans_agree():
     "The seed plans in markdown and the shipped YAML plans give the same runs (same ids, same directories)."
     _real('ickd'); _real('clel')
     md = P.load_plans(sorted((ASSETS/'seeds').glob('*.txt')), profile='smoke', seeds=2)
-    ym = P.load_plans(sorted((ROOT/'plans').glob('*.yaml')), profile='smoke', seeds=2)
+    seed_plans = ('clel_framework', 'clel_norm_direction', 'ickd_balance', 'ickd_margin')   # named: a user's own plans may sit beside them
+    ym = P.load_plans([ROOT/'plans'/f'{s}.yaml' for s in seed_plans], profile='smoke', seeds=2)
     ids = lambda plans: sorted(r.run_id for r in S.expand_runs(plans, 'smoke', 'runs'))
     assert ids(md) == ids(ym) and len(ids(ym)) == 2 * (7 + 7 + 5 + 2)  # values + control + baselines
 
@@ -331,3 +332,69 @@ def test_real_smoke_sweep(tmp_path, capsys):
     assert len(runs) == 4
     for r in runs: check_real_run_dir(r)
     assert (out/'clel_framework'/'manifest.json').exists() and 'overhead:' in text
+
+
+def _one_run_plan(tmp_path, name='one_run', **fixed) -> Path:
+    "A plan of a single run: the control value only, one seed."
+    plan = PLANS/('smoke_ickd_margin.yaml' if not fixed else 'toy_slow.yaml')
+    text = plan.read_text()
+    if fixed:   # the toy: one value, the given fixed parameters
+        text = (f'study: {name}\nnotebook: toy\nparameter: x\nvalues: [0.3]\ncontrol: 0.3\nfixed:\n'
+                + ''.join(f'  {k}: {v}\n' for k, v in fixed.items()) + 'metrics: [top1]\nseeds: 1\n')
+    else:
+        text = text.replace('values: [0.1]', 'values: [0.3]')
+    f = tmp_path/f'{name}.yaml'; f.write_text(text)
+    return f
+
+
+@pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2 or not hasattr(os, 'fork'), reason='needs 2 cores and fork servers')
+@pytest.mark.parametrize('workers', [None, 1, (os.cpu_count() or 1) + 1], ids=['one-run-plan', 'workers-1', 'more-workers-than-cores'])
+def test_runs_with_several_threads_finish_with_the_fork_server(tmp_path, workers):
+    "A one-run plan, --workers 1, and more workers than cores give a run every core: its kernel, forked from the worker's server, must not hang."
+    _real('ickd')
+    plan, out = _one_run_plan(tmp_path), tmp_path/'runs'
+    env = {**os.environ, 'CONTRASTIVE_ABLATIONS_FORK_KERNELS': '1'}   # the fork server on, whatever the caller's setting
+    args = [sys.executable, '-m', 'contrastive_ablations', 'sweep', plan, '--profile', 'smoke', '--out', out]
+    if workers: args += ['--workers', workers]
+    try:
+        r = subprocess.run(list(map(str, args)), cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors='replace') if isinstance(e.stdout, bytes) else e.stdout
+        pytest.fail(f'the sweep hung (no end in 420 s); its output:\n{out}')
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert f'x {os.cpu_count()} thread(s)' in r.stdout, r.stdout
+    assert 'finished: 1 run(s) now' in r.stdout, r.stdout
+    info = json.loads(next(out.glob('ickd_margin/*/run_info.json')).read_text())
+    assert info['status'] == 'done' and info['threads'] == os.cpu_count()
+
+
+def test_run_past_its_time_limit_fails_as_timed_out(tmp_path, capsys):
+    "A run that sleeps past its time limit is stopped: failed, 'timed out', its partial notebook and error.txt kept; the sweep goes on and ends."
+    plan, out = _one_run_plan(tmp_path, 'toy_stuck', sleep_s=120.0), tmp_path/'runs'
+    t0 = time.monotonic()
+    res = S.sweep([plan], out=out, profile='smoke', workers=1, run_timeout=0.1)   # 6 s
+    took = time.monotonic() - t0
+    assert took < 100, f'the sweep took {took:.0f} s: the limit did not stop the run'
+    (run,) = res.runs
+    assert not res.ok and re.match(r'timed out after [67] s \(limit 6 s\)', res.failed[run.run_id]), res.failed
+    d = Path(run.run_dir)
+    assert 'timed out' in (d/'error.txt').read_text()
+    nb = nbformat.read(d/'run.ipynb', as_version=4)   # the notebook up to the stop
+    assert any('injected-parameters' in c.metadata.get('tags', []) for c in nb.cells)
+    assert any('time.sleep(sleep_s)' in c.source for c in nb.cells)
+    info = json.loads((d/'run_info.json').read_text())
+    assert info['status'] == 'failed' and info['timed_out'] is True and info['time_limit_s'] == 6.0
+    assert S.run_state(run) == 'failed'
+    text = capsys.readouterr().out
+    assert 'time limit per run: 6s (--run-timeout)' in text and f'FAILED {run.study}/{run.run_id}: timed out' in text
+    assert not (d/'.run.partial.ipynb').exists()
+
+
+@pytest.mark.parametrize('bad', ['0', '-1', 'nan', 'inf', 'x'])
+def test_bad_run_timeout_is_a_usage_error(tmp_path, capsys, bad):
+    "--run-timeout takes minutes > 0; anything else is refused before any run starts."
+    with pytest.raises(SystemExit) if bad == 'x' else contextlib.nullcontext():
+        rc = S.cli_sweep([PLANS/'toy_x.yaml', '--profile', 'smoke', '--out', tmp_path/'runs', '--run-timeout', bad])
+        assert rc == 2 and 'run_timeout' in capsys.readouterr().err
+    assert not (tmp_path/'runs').exists()
