@@ -15,17 +15,18 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'KIND_RE', 'ENTRY_FILE', 'DEFAULT_KEEP', 'kind_dir', 'cache_key', 'source_hash', 'library_versions',
-           'CacheError', 'CacheMiss', 'Entry', 'entry_path', 'get_or_compute', 'entries', 'prune']
+           'CacheError', 'CacheMiss', 'Entry', 'entry_path', 'get_or_compute', 'store', 'entries', 'prune']
 
 # %% ../nbs/06_cache.ipynb #89c12377
 KIND_RE = re.compile(r'[a-z0-9][a-z0-9_]{0,63}')   # kinds are folder names: lower case, digits, underscores
 
 def kind_dir(kind: str, # e.g. 'fid_extractors'
+             root=None, # cache root (default: `core.cache_dir()`)
             ) -> Path:
     "The folder of one kind of cached artefact, `<cache root>/<kind>` (created when missing)."
     if not isinstance(kind, str) or not KIND_RE.fullmatch(kind):
         raise ValueError(f"cache kind {kind!r} is not a valid name; valid: 1 to 64 of a-z, 0-9, _ (starting with a letter or digit)")
-    p = cache_dir() / kind; p.mkdir(parents=True, exist_ok=True); return p
+    p = (cache_dir() if root is None else Path(root)) / kind; p.mkdir(parents=True, exist_ok=True); return p
 
 # %% ../nbs/06_cache.ipynb #1975e6ee
 def _plain(o, where: str = 'spec'):
@@ -88,9 +89,9 @@ class Entry:
     created: float  # time.time() when it was stored
     used: float     # time.time() when it was last read or stored
 
-def entry_path(kind: str, spec: dict) -> Path:
-    "The folder where the entry of `spec` lives (or would live)."
-    return kind_dir(kind) / cache_key(spec)
+def entry_path(kind: str, spec: dict, root=None) -> Path:
+    "The folder where the entry of `spec` lives (or would live) under the cache root `root` (default: `core.cache_dir()`)."
+    return kind_dir(kind, root) / cache_key(spec)
 
 def _check(validate, value) -> str | None:
     "The validator's complaint about `value` (None: good); a validator that raises complains with its error."
@@ -117,6 +118,25 @@ def _remove(path: Path):
     else: path.unlink()
 
 # %% ../nbs/06_cache.ipynb #5b5bd2da
+def _store(folder: Path, key: str, kind: str, spec: dict, value, save, load, validate):
+    "Check `value`, write it atomically as the entry `folder/key`, read it back and check it again (the caller holds the key's lock)."
+    final = folder / key
+    why = _check(validate, value)
+    if why: raise CacheError(f'the computed {kind} item {final} failed its check and was not stored: {why}', value)
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f'.{key}.', suffix='.tmp'))
+    try:
+        save(value, tmp)
+        atomic_write_json(tmp / ENTRY_FILE, dict(kind=kind, key=key, spec=spec, created=time.time()))
+        _remove(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    value, why = _read(final, load, validate)
+    if why:
+        _remove(final)
+        raise CacheError(f'the stored {kind} item failed its check when read back and was removed: {why}')
+    return value
+
 def get_or_compute(kind: str,        # the kind of artefact: a folder under the cache root
                    spec: dict,       # everything that determines the item (see cache_key)
                    compute: Callable[[], Any] | None, # makes the item; None: read only (CacheMiss when missing)
@@ -124,9 +144,10 @@ def get_or_compute(kind: str,        # the kind of artefact: a folder under the 
                    load: Callable[[Path], Any],       # reads the item back from its folder
                    validate: Callable[[Any], str | None] | None = None, # None when good, else what is wrong
                    keep: int | None = DEFAULT_KEEP,   # entries of this kind kept after a store (None: all)
+                   root=None,                         # cache root (default: `core.cache_dir()`)
                   ) -> Any:
     "The cached item of `spec`, loaded and validated; computed, validated, stored and returned when missing or invalid."
-    folder, key = kind_dir(kind), cache_key(spec)
+    folder, key = kind_dir(kind, root), cache_key(spec)
     final = folder / key
     with file_lock(folder / f'{key}.lock'):
         if final.exists() or final.is_symlink():
@@ -138,29 +159,31 @@ def get_or_compute(kind: str,        # the kind of artefact: a folder under the 
             if compute is None: raise CacheError(f'cached {kind} entry {final} is invalid: {why}')
             log.warning(f'cached {kind} entry {final} is invalid ({why}); computing it again')
         elif compute is None: raise CacheMiss(f'no cached {kind} entry {final} (key {key})')
-        value = compute()
-        why = _check(validate, value)
-        if why: raise CacheError(f'the computed {kind} item {final} failed its check and was not stored: {why}', value)
-        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f'.{key}.', suffix='.tmp'))
-        try:
-            save(value, tmp)
-            atomic_write_json(tmp / ENTRY_FILE, dict(kind=kind, key=key, spec=spec, created=time.time()))
-            _remove(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True); raise
-        value, why = _read(final, load, validate)
-        if why:
-            _remove(final)
-            raise CacheError(f'the stored {kind} item failed its check when read back and was removed: {why}')
-    if keep is not None: prune(kind, keep)
+        value = _store(folder, key, kind, spec, compute(), save, load, validate)
+    if keep is not None: prune(kind, keep, root)
+    return value
+
+def store(kind: str,        # the kind of artefact
+          spec: dict,       # everything that determines the item (see cache_key)
+          value: Any,       # the item, already computed
+          save: Callable[[Any, Path], None], # writes the item into an empty folder
+          load: Callable[[Path], Any],       # reads the item back from its folder
+          validate: Callable[[Any], str | None] | None = None, # None when good, else what is wrong
+          keep: int | None = DEFAULT_KEEP,   # entries of this kind kept after the store (None: all)
+          root=None,                         # cache root (default: `core.cache_dir()`)
+         ) -> Any:
+    "Store `value` as the entry of `spec` (replacing one that is there), as `get_or_compute` does after computing; returns it as read back."
+    folder, key = kind_dir(kind, root), cache_key(spec)
+    with file_lock(folder / f'{key}.lock'):
+        value = _store(folder, key, kind, spec, value, save, load, validate)
+    if keep is not None: prune(kind, keep, root)
     return value
 
 # %% ../nbs/06_cache.ipynb #7ae359d6
-def entries(kind: str) -> list[Entry]:
-    "The complete entries of `kind` (with a readable entry.json), most recently used first."
+def entries(kind: str, root=None) -> list[Entry]:
+    "The complete entries of `kind` under the cache root `root` (default: `core.cache_dir()`), most recently used first."
     out = []
-    for p in kind_dir(kind).iterdir():
+    for p in kind_dir(kind, root).iterdir():
         if p.name.startswith('.') or not p.is_dir() or p.is_symlink(): continue
         try:
             meta, st = read_json(p / ENTRY_FILE, dict), (p / ENTRY_FILE).stat()
@@ -170,11 +193,12 @@ def entries(kind: str) -> list[Entry]:
 
 def prune(kind: str,   # the kind to prune
           keep: int,   # how many entries to keep (the most recently used)
+          root=None,   # cache root (default: `core.cache_dir()`)
          ) -> list[Path]:
     "Delete all but the `keep` most recently used entries of `kind` (and stale temporary folders); return what was deleted."
     if not isinstance(keep, int) or keep < 0: raise ValueError(f"parameter 'keep' = {keep!r}; valid: an int >= 0")
-    folder, gone = kind_dir(kind), []
-    for e in entries(kind)[keep:]:
+    folder, gone = kind_dir(kind, root), []
+    for e in entries(kind, root)[keep:]:
         try:
             with file_lock(folder / f'{e.key}.lock', blocking=False): _remove(e.path)
             gone.append(e.path)

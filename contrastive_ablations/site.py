@@ -187,85 +187,102 @@ def artefacts_fingerprint(cache=None,  # cache root (default: `core.cache_dir()`
 def _code_cells(nb: dict) -> list:
     return [c for c in nb['cells'] if c['cell_type'] == 'code']
 
-def _read_hit(hit: Path) -> dict | None:
-    "A cached execution (its record and its notebook) when both are there and it passed; None when missing, and a damaged or failed one is removed."
-    if not (hit.is_file() and hit.with_suffix('.json').is_file()): return None
-    try:
-        r, done = json.loads(hit.with_suffix('.json').read_text()), json.loads(hit.read_text(encoding='utf-8'))
-        ok = isinstance(r, dict) and r.get('errors') == [] and isinstance(done.get('cells'), list)
-    except (OSError, ValueError): ok = False
-    if not ok:   # written before errors were refused, or damaged: execute again
-        print(f"WARNING: lesson cache: {hit.name} is damaged or holds an execution with errors; executing again", file=sys.stderr, flush=True)
-        for p in (hit, hit.with_suffix('.json')): p.unlink(missing_ok=True)
-        return None
-    return {**r, 'cached': True, '_nb': done}
+def _lesson_kind(name: str) -> str:
+    "The cache kind of one notebook's executions: 'lesson_41_site', 'lesson_results__index' (with a hash where the name is not a valid kind)."
+    from contrastive_ablations.cache import KIND_RE
+    kind = 'lesson_' + name.replace('/', '__')
+    return kind if KIND_RE.fullmatch(kind) else f"lesson_{re.sub(r'[^a-z0-9_]', '_', name.lower())[:40]}_{_sha(name)[:8]}"
+
+def _save_execution(v: dict, folder: Path):
+    (folder/'notebook.ipynb').write_text(json.dumps(v['nb'], ensure_ascii=False), encoding='utf-8')
+    (folder/'record.json').write_text(json.dumps(v['record']))
+
+def _load_execution(folder: Path) -> dict:
+    return dict(record=json.loads((folder/'record.json').read_text()), nb=json.loads((folder/'notebook.ipynb').read_text(encoding='utf-8')))
+
+def _execution_failed(v: dict) -> str | None:
+    "Why an execution may not be cached (None: it may): a cell raised, or there is no executed notebook."
+    r, done = v.get('record'), v.get('nb')
+    if not isinstance(r, dict) or r.get('errors') != []: return f"the execution failed: {r.get('errors') if isinstance(r, dict) else 'no record'}"
+    if not isinstance(done, dict) or not isinstance(done.get('cells'), list): return 'no executed notebook'
 
 def cached_execute(src, dst,           # notebook to run, where to save it with outputs
-                   cache_dir,          # cache folder (None: no cache)
+                   cache_dir,          # cache root (None: no cache)
                    name: str,          # the notebook's name in the cache, e.g. 'results/index'
                    key_extra: str = '',  # what else the outputs depend on (the package, the runs)
                    artefacts=None,     # function returning a fingerprint of the artefacts the execution reads (read before and after it)
                    **kw,               # passed to `execute_in_subprocess`
                   ) -> dict:
-    "`execute_in_subprocess` through a cache keyed by the code cells, the injected code, `key_extra` and `artefacts()`; an execution with errors is never stored."
-    from contrastive_ablations.core import atomic_write_text
+    "`execute_in_subprocess` through the cache module (kind `lesson_<name>`, one entry), keyed by the code cells, the injected code, `key_extra` and `artefacts()`; an execution with errors is never stored."
+    from contrastive_ablations import cache as C
     src, dst = Path(src), Path(dst)
     nb = json.loads(src.read_text(encoding='utf-8'))
     base = _sha(json.dumps([''.join(c['source']) for c in _code_cells(nb)]), kw.get('inject'),
                 sorted(kw.get('skip_flags') or ()), key_extra)
-    key = lambda: _sha(base, artefacts() if artefacts else '')
-    stem = name.replace('/', '__')
-    cache = Path(cache_dir) if cache_dir else None
-    r = _read_hit(cache/f'{stem}-{key()}.ipynb') if cache is not None else None
-    if r is None:
+    spec = lambda: dict(notebook=name, code=base, artefacts=artefacts() if artefacts else '')
+    kind, io, done = _lesson_kind(name), (_save_execution, _load_execution, _execution_failed), None
+    if cache_dir:
+        try:
+            v = C.get_or_compute(kind, spec(), None, *io, root=cache_dir)
+            r, done = {**v['record'], 'cached': True}, v['nb']
+        except C.CacheMiss: pass
+        except C.CacheError as e: print(f"WARNING: lesson cache: {e}; executing again", file=sys.stderr, flush=True)
+    if done is None:
         r = {**execute_in_subprocess(src, dst, **kw), 'cached': False}
-        if cache is not None and not r['errors'] and dst.is_file():
+        done = json.loads(dst.read_text(encoding='utf-8')) if dst.is_file() else None
+        if cache_dir:
             # keyed by the artefacts as they are now: an execution that made one (an extractor it trained) is found next time
-            hit = cache/f'{stem}-{key()}.ipynb'
-            atomic_write_text(hit, dst.read_text(encoding='utf-8')); atomic_write_text(hit.with_suffix('.json'), json.dumps(r))
-            if artefacts: r['_entry'] = (str(hit), base)   # for `_rekey`
-            for old in cache.glob(f'{stem}-*.*'):   # one entry per notebook
-                if re.fullmatch(rf'{re.escape(stem)}-[0-9a-f]{{20}}\.(ipynb|json)', old.name) and old.stem != hit.stem: old.unlink()
+            v, s = dict(record=dict(r), nb=done), spec()
+            try:
+                C.store(kind, s, v, *io, keep=1, root=cache_dir)
+                if artefacts: r['_entry'] = (cache_dir, kind, s, v)   # for `_rekey`
+            except C.CacheError as e:   # refused (e.value: the failed execution, reported by the build): never stored
+                if e.value is None: print(f"WARNING: lesson cache: {e}", file=sys.stderr, flush=True)
     # the current notebook (its prose may be newer) with the executed code cells: the same bytes at every hit
-    done = r.pop('_nb', None) or (json.loads(dst.read_text(encoding='utf-8')) if dst.is_file() else nb)
-    for c, d in zip(_code_cells(nb), _code_cells(done)): c.update(source=d['source'], outputs=d.get('outputs', []), execution_count=d.get('execution_count'))
+    for c, d in zip(_code_cells(nb), _code_cells(done or nb)): c.update(source=d['source'], outputs=d.get('outputs', []), execution_count=d.get('execution_count'))
     dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + '\n', encoding='utf-8')
     return r
 
 def _rekey(entry: tuple, artefacts_fp: str):
-    "Move a stored execution to the key of the artefacts as they are now (after other notebooks, run at the same time, cached theirs)."
-    hit, base = Path(entry[0]), entry[1]
-    new = hit.with_name(f"{hit.name.rsplit('-', 1)[0]}-{_sha(base, artefacts_fp)}.ipynb")
-    if new != hit and hit.is_file() and hit.with_suffix('.json').is_file():
-        os.replace(hit.with_suffix('.json'), new.with_suffix('.json')); os.replace(hit, new)
+    "Store an execution again under the key of the artefacts as they are now (after other notebooks, run at the same time, cached theirs); the old entry is evicted."
+    from contrastive_ablations import cache as C
+    root, kind, spec, value = entry
+    if spec['artefacts'] != artefacts_fp:
+        C.store(kind, {**spec, 'artefacts': artefacts_fp}, value, _save_execution, _load_execution, _execution_failed, keep=1, root=root)
 
 # %% ../nbs/41_site.ipynb #f7aebf0b
 def convert_run_notebooks(runs_dir,        # the sweep's runs directory
                           dest,            # folder that receives <study>/<run-id>.html
-                          cache_dir=None,  # folder of converted pages keyed by the notebook's content (None: no cache)
+                          cache_dir=None,  # cache root: pages are entries of kind 'run_pages' keyed by the notebook's content (None: no cache)
                          ) -> int:
     "Render every run.ipynb under `runs_dir` to HTML under `dest`; returns how many were written."
-    import nbformat
+    import nbconvert, nbformat
     from nbconvert import HTMLExporter
-    from contrastive_ablations.core import atomic_write_text
+    from contrastive_ablations import cache as C
     runs_dir, dest = Path(runs_dir), Path(dest)
     exp, n, used = HTMLExporter(template_name='lab'), 0, set()
+    def render(nbf, data) -> dict:
+        try: return dict(html=exp.from_notebook_node(nbformat.reads(data.decode('utf-8'), as_version=4))[0], ok=True)
+        except Exception as e:   # a half-written notebook of an interrupted run: say so instead of stopping the site
+            return dict(html=f"<html><body><h1>{nbf.parent.name}</h1><p>This run's notebook could not be rendered: {type(e).__name__}: {e}</p></body></html>", ok=False)
+    save = lambda v, d: (d/'page.html').write_text(v['html'], encoding='utf-8')
+    load = lambda d: dict(html=(d/'page.html').read_text(encoding='utf-8'), ok=True)
+    rendered = lambda v: None if v['ok'] else 'the notebook could not be rendered'
     for nbf in sorted(runs_dir.glob('*/*/run.ipynb')):
         try: data = nbf.read_bytes()
         except OSError: continue   # unreadable (a link to itself, a dangling link): nothing to show
         out = dest/nbf.parent.parent.name/f'{nbf.parent.name}.html'
         out.parent.mkdir(parents=True, exist_ok=True); n += 1
-        hit = Path(cache_dir)/f'{_sha(data)}.html' if cache_dir else None
-        if hit is not None: used.add(hit.name)
-        if hit is not None and hit.is_file(): shutil.copy2(hit, out); continue
-        try: body, _ = exp.from_notebook_node(nbformat.reads(data.decode('utf-8'), as_version=4))
-        except Exception as e:   # a half-written notebook of an interrupted run: say so instead of stopping the site
-            body = f"<html><body><h1>{nbf.parent.name}</h1><p>This run's notebook could not be rendered: {type(e).__name__}: {e}</p></body></html>"
-            hit = None
-        out.write_text(body, encoding='utf-8')
-        if hit is not None: atomic_write_text(hit, body)   # never a truncated page in the cache
-    for old in Path(cache_dir).glob('*.html') if cache_dir else []:
-        if old.name not in used: old.unlink()   # pages of runs that are gone or were redone
+        if not cache_dir: page = render(nbf, data)
+        else:
+            spec = dict(notebook=_sha(data), nbconvert=nbconvert.__version__)
+            try: page = C.get_or_compute('run_pages', spec, lambda: render(nbf, data), save, load, rendered, keep=None, root=cache_dir)
+            except C.CacheError as e:   # not rendered: shown, never stored
+                if e.value is None: raise
+                page = e.value
+            else: used.add(C.cache_key(spec))
+        out.write_text(page['html'], encoding='utf-8')
+    if cache_dir: C.prune('run_pages', len(used), root=cache_dir)   # the pages of this build were used last: those of runs gone or redone go
     return n
 
 # %% ../nbs/41_site.ipynb #06fa3805
@@ -473,20 +490,25 @@ def _reads_runs(nb_path: Path) -> bool:
     t = nb_path.read_text(encoding='utf-8'); return 'resolve_runs_dir(' in t or 'sweep_run(' in t
 
 def _process(build: Path, env: dict, cache_dir, pkg: str) -> list[str]:
-    "nbdev processing of build/nbs into build/_proc, from the cache when no input changed; returns its warnings."
+    "nbdev processing of build/nbs into build/_proc, from the cache (kind 'site_proc', the latest only) when no input changed; returns its warnings."
+    from contrastive_ablations import cache as C
     files = sorted(p for p in (build/'nbs').rglob('*') if p.is_file())
     key = _sha(pkg, (build/'settings.ini').read_bytes(), *[p.relative_to(build).as_posix().encode() + b'\0' + p.read_bytes() for p in files])
-    hit = Path(cache_dir)/'proc'/key if cache_dir else None
-    if hit is not None and (hit/'_proc').is_dir():
-        shutil.copytree(hit/'_proc', build/'_proc'); return json.loads((hit/'warnings.json').read_text())
-    p = subprocess.run([sys.executable, '-c', 'from contrastive_ablations.site import proc_nbs_safely; proc_nbs_safely("nbs")'],
-                       cwd=build, env=env, capture_output=True, text=True)
-    if p.returncode: raise RuntimeError(f"nbdev processing failed:\n{p.stderr[-3000:]}")
-    warns = [l for l in p.stdout.splitlines() if l.startswith('WARNING')]
-    if hit is not None:
-        shutil.rmtree(hit.parent, ignore_errors=True); hit.mkdir(parents=True)   # keep the latest only
-        shutil.copytree(build/'_proc', hit/'_proc'); (hit/'warnings.json').write_text(json.dumps(warns))
-    return warns
+    def compute() -> list[str]:
+        shutil.rmtree(build/'_proc', ignore_errors=True)
+        p = subprocess.run([sys.executable, '-c', 'from contrastive_ablations.site import proc_nbs_safely; proc_nbs_safely("nbs")'],
+                           cwd=build, env=env, capture_output=True, text=True)
+        if p.returncode: raise RuntimeError(f"nbdev processing failed:\n{p.stderr[-3000:]}")
+        return [l for l in p.stdout.splitlines() if l.startswith('WARNING')]
+    if not cache_dir: return compute()
+    def save(warns, folder):
+        shutil.copytree(build/'_proc', folder/'_proc'); (folder/'warnings.json').write_text(json.dumps(warns))
+    def load(folder) -> list[str]:
+        warns = json.loads((folder/'warnings.json').read_text())
+        if not (folder/'_proc'/'_quarto.yml').is_file(): raise FileNotFoundError(f"{folder/'_proc'/'_quarto.yml'} is missing")
+        if not (build/'_proc').exists(): shutil.copytree(folder/'_proc', build/'_proc')   # a hit: the processed notebooks into the build
+        return warns
+    return C.get_or_compute('site_proc', dict(inputs=key), compute, save, load, keep=1, root=cache_dir)
 
 # %% ../nbs/41_site.ipynb #3a25f074
 def _copy_sources(root: Path, build: Path, runs_dir: Path, fresh: bool) -> Path:
@@ -604,7 +626,7 @@ def build_site(runs_dir='runs',       # the sweep's runs directory (may be missi
                workers: int = 2,      # notebooks executed at the same time
                quiet: bool = False,   # print nothing but errors
                skip_slow: bool = False, # leave cells marked `#| slow` unexecuted (faster, fewer figures)
-               cache_dir=None,        # execution cache (default: <root>/.site_cache; False: none)
+               cache_dir=None,        # cache root of executions, processing and run pages (default: <root>/.site_cache; False: none)
                timeout: float = 1800, # seconds one notebook may take
               ) -> dict:
     "Build the website: execute notebooks in a copy (cached), process with nbdev, render, add run notebooks, serve it offline."
@@ -645,7 +667,7 @@ def build_site(runs_dir='runs',       # the sweep's runs directory (may be missi
         report['kept'] = _keep_old_pages(out, new, report['failed'], say)
         times['render'] = time.time() - t
         t = time.time()
-        report['run_pages'] = convert_run_notebooks(runs_dir, new/'runs', cache/'run_pages' if cache else None) if runs_dir.is_dir() else 0
+        report['run_pages'] = convert_run_notebooks(runs_dir, new/'runs', cache) if runs_dir.is_dir() else 0
         if runs_dir.is_dir():   # each results page's summary as a CSV beside it: results/<study>.csv
             from contrastive_ablations.report import write_summary_csvs
             report['csv'] = [str(p.relative_to(new)) for p in write_summary_csvs(runs_dir, new/'results')]

@@ -172,3 +172,43 @@ def test_folder_entries_hold_any_files(root):
     def load(folder): return {'html': (folder / 'page.html').read_text(), 'png': (folder / 'img' / 'a.png').read_bytes()}
     v = cache.get_or_compute('pages', {'nb': 'abc'}, lambda: {'html': '<p>', 'png': b'\x89PNG'}, save, load)
     assert v == {'html': '<p>', 'png': b'\x89PNG'} and (cache.entry_path('pages', {'nb': 'abc'}) / 'img' / 'a.png').is_file()
+
+
+def test_another_root_holds_its_own_entries(root, tmp_path):
+    "`root=` serves a cache folder of a caller's own (the site's .site_cache): same layout, nothing under the global root."
+    other = tmp_path / 'site_cache'
+    c = Counter()
+    v = cache.get_or_compute('toy', {'n': 2}, c.compute(2), c.save, c.load, c.valid(2), keep=1, root=other)
+    assert v == [0, 1] and cache.entry_path('toy', {'n': 2}, root=other) == other / 'toy' / cache.cache_key({'n': 2})
+    assert cache.kind_dir('toy', root=other) == other / 'toy' and [e.key for e in cache.entries('toy', root=other)] == [cache.cache_key({'n': 2})]
+    assert not cache.entries('toy'), 'nothing under the global root'
+    assert cache.get_or_compute('toy', {'n': 2}, None, c.save, c.load, root=other) == [0, 1] and c.calls == 1
+    with pytest.raises(cache.CacheMiss): cache.get_or_compute('toy', {'n': 2}, None, c.save, c.load)
+    cache.get_or_compute('toy', {'n': 3}, c.compute(3), c.save, c.load, keep=1, root=other)   # evicts within its own root
+    assert [len(c.load(e.path)) for e in cache.entries('toy', root=other)] == [3]
+    assert cache.prune('toy', 0, root=other) and not cache.entries('toy', root=other)
+
+
+def test_store_checks_writes_and_prunes_like_get_or_compute(root):
+    "`store`: the value is checked before it is stored (refused: CacheError holding it), replaces the entry of its key, is read back checked, and the kind is pruned."
+    c = Counter()
+    assert cache.store('toy', {'n': 2}, [0, 1], c.save, c.load, c.valid(2)) == [0, 1]
+    assert c.get(2) == [0, 1] and c.calls == 0, 'found by get_or_compute: the same key and layout'
+    with pytest.raises(cache.CacheError, match='not stored: 1 values, expected 2') as e:
+        cache.store('toy', {'n': 2, 'v': 2}, [9], c.save, c.load, c.valid(2))
+    assert e.value.value == [9] and not cache.entry_path('toy', {'n': 2, 'v': 2}).exists()
+    (cache.entry_path('toy', {'n': 2}) / 'values.txt').write_text('0')   # damaged: a store replaces it
+    assert cache.store('toy', {'n': 2}, [5, 6], c.save, c.load, c.valid(2)) == [5, 6] and c.get(2) == [5, 6]
+    with pytest.raises(cache.CacheError, match='read back and was removed'):
+        cache.store('toy', {'n': 4}, [0, 1, 2, 3], lambda v, f: (f / 'values.txt').write_text('0'), c.load, c.valid(4))
+    assert not cache.entry_path('toy', {'n': 4}).exists()
+    time.sleep(0.02)
+    cache.store('toy', {'n': 1}, [0], c.save, c.load, c.valid(1), keep=1)   # the most recent one stays
+    assert [e.spec for e in cache.entries('toy')] == [{'n': 1}] and c.calls == 0
+    with cache.file_lock(cache.kind_dir('toy') / f"{cache.cache_key({'n': 1})}.lock"):   # a store waits for the key's lock
+        import threading
+        t = threading.Thread(target=cache.store, args=('toy', {'n': 1}, [7], c.save, c.load))
+        t.start(); t.join(0.5)
+        assert t.is_alive() and c.load(cache.entry_path('toy', {'n': 1})) == [0]
+    t.join(10)
+    assert not t.is_alive() and c.load(cache.entry_path('toy', {'n': 1})) == [7]

@@ -275,6 +275,7 @@ import sys
 import nbformat
 
 import contrastive_ablations.site as site_mod
+from contrastive_ablations.cache import entries as cache_entries
 from contrastive_ablations.site import cli_site
 
 GOOD = 'print("good lesson ran")'
@@ -332,7 +333,8 @@ def test_failed_lesson_fails_the_build_and_is_not_cached(tmp_path, private_cache
     assert 'failed in the latest build' in kept and 'accuracy too low' in kept, 'the previous good page, marked'
     assert kept.replace(re.search(r'<div class="site-build-failed".*?</div>\n?', kept, re.S).group(0), '') == good_page
     for f in site.rglob('*.html'): assert 'Traceback' not in f.read_text(), f
-    cached = [f for f in (root / 'cache').glob('bad-*') if 'accuracy too low' in f.read_text()]
+    assert [e.spec['notebook'] for e in cache_entries('lesson_good', root=root / 'cache')] == ['good'], 'the good one is cached'
+    cached = [f for f in (root / 'cache').glob('lesson_*/**/*') if f.is_file() and 'accuracy too low' in f.read_text(errors='replace')]
     assert not cached, f'a failed execution was cached: {cached}'
     # a site that never had a good page of it: a short page saying what failed
     r = tiny_build(root, out=tmp_path / 'fresh')
@@ -440,3 +442,39 @@ def test_runs_parquet_beside_pages(site, runs_dir):
     assert report['runs_table'] == 'results/runs.parquet'
     for d in find_studies(runs_dir):
         assert set(load_study(d).runs.run_id) <= set(t[t.study == d.name].run_id), d.name   # (+ runs a study leaves out)
+
+
+@needs_renderer
+def test_site_caches_are_entries_of_the_cache_module(site, runs_dir):
+    "One entry per executed notebook, the latest nbdev processing and one page per run notebook: entries of the cache module under the site's root."
+    out, first, again = site
+    contents = {p.read_bytes() for p in runs_dir.glob('*/*/run.ipynb')}   # a run shared by two studies is one page
+    root = out.parent / 'cache'
+    for name in [n for n in first['executed'] if n not in first['failed']]:
+        assert [e.spec['notebook'] for e in cache_entries(site_mod._lesson_kind(name), root=root)] == [name], name
+    assert len(cache_entries('site_proc', root=root)) == 1
+    assert len(cache_entries('run_pages', root=root)) == len(contents) > 0 and first['run_pages'] == again['run_pages'] >= len(contents)
+
+
+def test_run_pages_cache_evicts_gone_runs_and_never_stores_a_broken_page(tmp_path):
+    runs, cache_root = tmp_path / 'runs', tmp_path / 'cache'
+    for run in ('r1', 'r2'):
+        nb = nbformat.v4.new_notebook(); nb.cells = [nbformat.v4.new_markdown_cell(f'# run {run}')]
+        (runs / 'study' / run).mkdir(parents=True); nbformat.write(nb, runs / 'study' / run / 'run.ipynb')
+    assert site_mod.convert_run_notebooks(runs, tmp_path / 'a', cache_root) == 2
+    assert len(cache_entries('run_pages', root=cache_root)) == 2 and 'run r2' in (tmp_path / 'a' / 'study' / 'r2.html').read_text()
+    (runs / 'study' / 'r2' / 'run.ipynb').write_text('{"cells": [')   # redone, half-written
+    assert site_mod.convert_run_notebooks(runs, tmp_path / 'b', cache_root) == 2
+    assert 'could not be rendered' in (tmp_path / 'b' / 'study' / 'r2.html').read_text()
+    left = cache_entries('run_pages', root=cache_root)
+    assert len(left) == 1 and 'run r1' in (left[0].path / 'page.html').read_text(), 'the page of the old r2 is evicted, the broken one never stored'
+
+
+@needs_renderer
+def test_no_cache_executes_everything_and_stores_nothing(tmp_path, private_cache):
+    root = tiny_tree(tmp_path / 'repo')
+    tiny_build(root)
+    before = snapshot(root / 'cache')
+    r = tiny_build(root, cache_dir=False)
+    assert sorted(r['executed']) == ['bad', 'good'] and r['cached'] == [] and not r['failed'], r
+    assert snapshot(root / 'cache') == before and not (root / '.site_cache').exists()
