@@ -117,7 +117,7 @@ nbtest: venv
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: venv
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # What reads the cached artefacts (FID extractors and statistics) that the main job leaves: CI runs it after
 # `make ablations PROFILE=smoke` on an empty cache, so the two commands are checked in both orders.
