@@ -123,18 +123,20 @@ def start_fork_server(env: dict | None = None,  # environment of the server's im
                      ) -> str | None:
     "Start a fork server for this process (it dies with it); sets and returns its socket path, None where unavailable."
     if _switched_off() or not hasattr(os, 'fork') or not hasattr(socket, 'send_fds'): return None
-    import atexit, subprocess
-    path = os.path.join(tempfile.mkdtemp(prefix='ca-fork-'), 'kernels.sock')
+    import atexit, shutil, subprocess
+    folder = tempfile.mkdtemp(prefix='ca-fork-')
+    path = os.path.join(folder, 'kernels.sock')
     def die_with_parent():
         try: import ctypes; ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, int(signal.SIGTERM))
         except Exception: pass
     proc = subprocess.Popen([sys.executable, '-m', 'contrastive_ablations.forkserver', 'serve', path],
                             env={**os.environ, **(env or {}), **dict.fromkeys(THREAD_VARS, '1')}, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
+    atexit.register(shutil.rmtree, folder, True)   # runs after the kill below (last registered, first run)
     atexit.register(proc.kill)
     t0 = time.monotonic()
     while not os.path.exists(path):
         if proc.poll() is not None or time.monotonic() - t0 > timeout:
-            proc.kill(); return None
+            proc.kill(); shutil.rmtree(folder, True); return None
         time.sleep(0.05)
     os.environ[SOCKET_ENV] = path
     SERVERS[path] = proc
