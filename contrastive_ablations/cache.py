@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_cache.ipynb #9edabcf2
 from __future__ import annotations
-import hashlib, importlib, inspect, json, logging, math, os, re, shutil, tempfile, time
+import hashlib, inspect, json, logging, math, os, re, shutil, tempfile, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -62,10 +62,15 @@ def source_hash(*objects, # functions, classes or modules whose source computes 
         h.update(f'{getattr(o, "__qualname__", o)}\n{src}\n'.encode())
     return h.hexdigest()[:16]
 
-def library_versions(*names: str, # importable module names, e.g. 'torch', 'numpy'
+def library_versions(*names: str, # installed distributions, e.g. 'torch', 'numpy', 'torch-fidelity'
                     ) -> dict:
-    "name -> `__version__` of each library (the ones whose versions change numbers belong in a key)."
-    return {n: str(getattr(importlib.import_module(n), '__version__', 'unknown')) for n in names}
+    "name -> installed version of each library, None where it is not installed (the suite's one version lookup)."
+    from importlib.metadata import version, PackageNotFoundError
+    out = {}
+    for n in names:
+        try: out[n] = version(n)
+        except PackageNotFoundError: out[n] = None
+    return out
 
 # %% ../nbs/06_cache.ipynb #50bc5c2c
 class CacheError(RuntimeError):

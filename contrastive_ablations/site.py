@@ -172,14 +172,12 @@ def runs_fingerprint(runs_dir,        # the sweep's runs directory
 def artefacts_fingerprint(cache=None,  # cache root (default: `core.cache_dir()`)
                          ) -> str:
     "A hash of what a lesson's outputs depend on besides its code: the cached artefacts (FID extractors and statistics, weights, data), torch's and numpy's versions and the precision 'auto' resolves to."
-    from importlib.metadata import version, PackageNotFoundError
+    from contrastive_ablations.cache import library_versions
     from contrastive_ablations.core import cache_dir, get_device, resolve_precision
-    def v(p):
-        try: return version(p)
-        except PackageNotFoundError: return ''
     cache = Path(cache) if cache is not None else cache_dir()
     dev = get_device('auto')
-    return _sha(*[f'{p}={v(p)}' for p in ('torch', 'torchvision', 'numpy', 'torch-fidelity')], f'{dev.type}:{resolve_precision("auto", dev)}',
+    versions = library_versions('torch', 'torchvision', 'numpy', 'torch-fidelity')
+    return _sha(*[f'{p}={v or ""}' for p, v in versions.items()], f'{dev.type}:{resolve_precision("auto", dev)}',
                 # the cache module touches an entry's entry.json at each use: its content (key, creation time) is what counts
                 *sorted(_file_rows(cache, None, by_content=('entry.json',))) if cache.is_dir() else [])
 

@@ -374,12 +374,8 @@ LIBRARIES = ('contrastive_ablations', 'torch', 'torchvision', 'numpy', 'pandas',
 
 def library_versions() -> dict:
     "Installed versions of the libraries results depend on."
-    from importlib.metadata import version, PackageNotFoundError
-    out = {'python': platform.python_version()}
-    for name in LIBRARIES:
-        try: out[name] = version(name)
-        except PackageNotFoundError: out[name] = None
-    return out
+    from contrastive_ablations.cache import library_versions as versions   # standard library and core only: light
+    return {'python': platform.python_version(), **versions(*LIBRARIES)}
 
 def _cmd(args, cwd=None):
     try: return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip() or None
