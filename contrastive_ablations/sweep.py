@@ -158,10 +158,11 @@ def run_state(spec:RunSpec) -> str:
     if any(os.path.lexists(d/n) and not (d/n).is_file() for n in OUTPUT_FILES): return 'todo'   # a folder where a file belongs
     if (d/'error.txt').exists(): return 'failed'
     m, p = _read(d/'metrics.json'), _read(d/'params.json')
-    if m is None or p is None or not (d/'run.ipynb').is_file(): return 'todo'
+    info = _read(d/'run_info.json')   # the sweep's record, written last of all: without it the run was cut short
+    if m is None or p is None or info is None or info.get('status') != 'done' or not (d/'run.ipynb').is_file(): return 'todo'
     # every value of the run's identity, not only the injected ones: a params.json that disagrees is redone
     if not _metrics_ok(m) or params_mismatch({**(spec.identity or {}), **spec.params}, p): return 'todo'
-    recorded = (_read(d/'run_info.json') or {}).get('recipe_hash')
+    recorded = info.get('recipe_hash')
     if spec.recipe and isinstance(recorded, str) and recorded != spec.recipe: return 'todo'   # made by another recipe
     return 'done'
 
