@@ -108,6 +108,8 @@ class Experiment:
     parts: tuple = ()         # of Part
     baselines: tuple = ()     # of Baseline
     config: str = ''          # 'module:Class' of the dataclass whose defaults are the recipe (the profiles change them)
+    preload: tuple = ()       # modules its runs import: a sweep's fork server imports them once, before forking kernels
+    warm: tuple = ()          # (dataset, split) pairs its runs read: the fork server holds them in memory for its kernels
 
     def __post_init__(self):
         for p in self.parts: p.experiment = self.name
@@ -227,7 +229,9 @@ ICKD = Experiment(
                 baselines=list(ICKD_BASELINES), fixed=FASHION),
            Part(('balance parameter', 'balance weight', 'λ', 'lambda', 'intra-class contrastive loss weight'), 'ickd_balance',
                 'lam', 0.03, remove=0.0, baselines=list(ICKD_BASELINES), fixed=FASHION)),
-    baselines=ICKD_BASELINES, config='contrastive_ablations.ickd:ICKDConfig')
+    baselines=ICKD_BASELINES, config='contrastive_ablations.ickd:ICKDConfig',
+    preload=('torch._dynamo', 'matplotlib', 'contrastive_ablations.ickd'),   # torch._dynamo: the first optimiser imports it
+    warm=(('fashion_mnist', 'train'), ('fashion_mnist', 'test')))
 
 # %% ../nbs/04_experiments.ipynb #5b9e00e5
 FRAMEWORKS = ('simclr', 'byol', 'moco', 'mae')  # the self-supervised methods CLEL can be paired with
@@ -317,7 +321,9 @@ CLEL = Experiment(
            Part(('norm-direction separation', 'norm direction separation', 'norm-direction decomposition', 'norm-direction'),
                 'clel_norm_direction', 'norm_direction', True, words={'true': True, 'false': False, 'on': True, 'off': False},
                 remove=False, fixed=FASHION)),
-    baselines=(Baseline('no encoder', {'framework': 'none'}),), config='contrastive_ablations.clel:CLELConfig')
+    baselines=(Baseline('no encoder', {'framework': 'none'}),), config='contrastive_ablations.clel:CLELConfig',
+    preload=('torch._dynamo', 'matplotlib', 'contrastive_ablations.clel', 'contrastive_ablations.clel_metrics'),
+    warm=(('fashion_mnist', 'train'), ('fashion_mnist', 'test'), ('digits', 'test')))
 
 # %% ../nbs/04_experiments.ipynb #bc2c94f5
 EXPERIMENTS = {'ickd': ICKD, 'clel': CLEL}

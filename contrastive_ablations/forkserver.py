@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, os, select, signal, socket, sys, tempfile, threading, time
 
 # %% auto #0
-__all__ = ['SOCKET_ENV', 'DISABLE_ENV', 'PRELOAD', 'WARM', 'THREAD_VARS', 'SERVERS', 'wait_for_exit', 'serve', 'launch',
+__all__ = ['SOCKET_ENV', 'DISABLE_ENV', 'KERNEL_PRELOAD', 'THREAD_VARS', 'SERVERS', 'wait_for_exit', 'serve', 'launch',
            'start_fork_server', 'fork_kernel_manager']
 
 # %% ../nbs/33_forkserver.ipynb #f004a1b2
@@ -15,10 +15,7 @@ SOCKET_ENV = 'CONTRASTIVE_ABLATIONS_FORK_SERVER'   # the socket of this process'
 DISABLE_ENV = 'CONTRASTIVE_ABLATIONS_FORK_KERNELS'  # '0' starts every kernel the ordinary way
 
 def _switched_off() -> bool: return os.environ.get(DISABLE_ENV, '1') == '0'
-# torch._dynamo: the first optimiser imports it; the experiment modules import numpy, pandas, torch and the rest
-PRELOAD = ('torch._dynamo', 'matplotlib', 'ipykernel.kernelapp',
-           'contrastive_ablations.ickd', 'contrastive_ablations.clel', 'contrastive_ablations.clel_metrics')
-WARM = (('fashion_mnist', 'train'), ('fashion_mnist', 'test'), ('digits', 'test'))   # data kept in memory (copy-on-write)
+KERNEL_PRELOAD = ('ipykernel.kernelapp',)   # what every kernel imports; the experiments add their own modules
 THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')   # what torch's OpenMP and MKL read; the server keeps them at 1
 
 def _threads_of(env: dict) -> int:
@@ -29,10 +26,8 @@ def _threads_of(env: dict) -> int:
 
 def _single_threaded():
     "Run this process on one OpenMP/MKL thread (before torch's first parallel region): nothing to lose in a fork."
-    for k in THREAD_VARS: os.environ[k] = '1'
-    try: import torch
-    except ImportError: return
-    torch.set_num_threads(1)
+    for k in THREAD_VARS: os.environ[k] = '1'   # torch and its OpenMP read these when they load
+    if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(1)   # already loaded: tell it directly
 
 # %% ../nbs/33_forkserver.ipynb #f006a1b2
 def wait_for_exit(pid: int, poll: float = 0.2):
@@ -73,16 +68,17 @@ def _become_kernel(req: dict, fds: list):
     os._exit(code)
 
 # %% ../nbs/33_forkserver.ipynb #f010a1b2
-def serve(path: str,               # Unix socket to listen on
-          preload: tuple = PRELOAD, # modules imported once, before any fork
+def serve(path: str,         # Unix socket to listen on
+          preload: tuple = (), # modules imported once, before any fork (besides `KERNEL_PRELOAD`)
+          warm: tuple = (),    # (dataset, split) pairs loaded once, before any fork
          ):
-    "The fork server: import `preload`, then fork one kernel per request on `path` (runs until killed)."
+    "The fork server: import `preload`, load `warm`, then fork one kernel per request on `path` (runs until killed)."
     import importlib
     _single_threaded()   # before any parallel region: no OpenMP pool exists at fork time (see above)
-    for m in preload:
+    for m in dict.fromkeys((*KERNEL_PRELOAD, *preload)):
         try: importlib.import_module(m)
         except Exception as e: print(f'fork server: preloading {m} failed: {e}', file=sys.stderr)
-    for name, split in WARM:   # load_dataset keeps what it read in memory: every forked kernel finds it there
+    for name, split in warm:   # load_dataset keeps what it read in memory: every forked kernel finds it there
         try: importlib.import_module('contrastive_ablations.data').load_dataset(name, split)
         except Exception: pass  # a dataset that is not installed is the run's business, not the server's
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)   # kernels are reaped automatically
@@ -119,6 +115,8 @@ def launch(path: str,             # the fork server's socket
 SERVERS: dict = {}   # socket path -> the server's Popen (this process's)
 
 def start_fork_server(env: dict | None = None,  # environment of the server's imports (its thread counts are set to 1)
+                      preload: tuple = (),      # modules the kernels will import (`Experiment.preload`)
+                      warm: tuple = (),         # (dataset, split) pairs the kernels will read (`Experiment.warm`)
                       timeout: float = 120,     # seconds to wait for the preloading
                      ) -> str | None:
     "Start a fork server for this process (it dies with it); sets and returns its socket path, None where unavailable."
@@ -129,7 +127,8 @@ def start_fork_server(env: dict | None = None,  # environment of the server's im
     def die_with_parent():
         try: import ctypes; ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, int(signal.SIGTERM))
         except Exception: pass
-    proc = subprocess.Popen([sys.executable, '-m', 'contrastive_ablations.forkserver', 'serve', path],
+    what = json.dumps({'preload': list(preload), 'warm': [list(w) for w in warm]})
+    proc = subprocess.Popen([sys.executable, '-m', 'contrastive_ablations.forkserver', 'serve', path, what],
                             env={**os.environ, **(env or {}), **dict.fromkeys(THREAD_VARS, '1')}, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
     atexit.register(shutil.rmtree, folder, True)   # runs after the kill below (last registered, first run)
     atexit.register(proc.kill)
@@ -162,10 +161,12 @@ def fork_kernel_manager() -> type:
 
 # %% ../nbs/33_forkserver.ipynb #f015a1b2
 def _main(argv: list):
-    "`serve PATH` or `launch PATH CONNECTION_FILE`."
-    if len(argv) >= 2 and argv[0] == 'serve': return serve(argv[1])
+    "`serve PATH [JSON]` (JSON: {\"preload\": [modules], \"warm\": [[dataset, split]]}) or `launch PATH CONNECTION_FILE`."
+    if len(argv) >= 2 and argv[0] == 'serve':
+        what = json.loads(argv[2]) if len(argv) >= 3 else {}
+        return serve(argv[1], tuple(what.get('preload', ())), tuple(map(tuple, what.get('warm', ()))))
     if len(argv) >= 3 and argv[0] == 'launch': return launch(argv[1], argv[2])
-    raise SystemExit('usage: python -m contrastive_ablations.forkserver serve PATH | launch PATH CONNECTION_FILE')
+    raise SystemExit('usage: python -m contrastive_ablations.forkserver serve PATH [JSON] | launch PATH CONNECTION_FILE')
 
 if __name__ == '__main__' and __package__ == 'contrastive_ablations':  # not when a notebook runs this cell
     sys.exit(_main(sys.argv[1:]))

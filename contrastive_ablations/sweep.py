@@ -23,10 +23,11 @@ __all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'RUN_ID_RE', 'OUTPUT_FILES', 'PA
            'kernel_env', 'move_aside', 'execute_run', 'notebook_timing', 'has_parameters_cell', 'SweepLockedError',
            'StudyLock', 'library_versions', 'git_info', 'run_provenance', 'run_record', 'detect_gpus', 'machine_info',
            'write_manifest', 'Progress', 'HTMLProgress', 'make_progress', 'cell_phases', 'run_phases', 'time_profile',
-           'estimate_seconds', 'run_limits', 'run_local', 'run_submitit', 'slurm_partitions', 'slurm_check',
-           'slurm_parameters', 'sbatch_script', 'SlurmTimeLimit', 'slurm_job', 'slurm_states', 'record_job_failure',
-           'run_slurm', 'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table',
-           'sweep', 'SweepStoppedError', 'summary', 'target_seeds', 'plans_for_target', 'sweep_parser', 'cli_sweep']
+           'estimate_seconds', 'run_limits', 'fork_server_needs', 'run_local', 'run_submitit', 'slurm_partitions',
+           'slurm_check', 'slurm_parameters', 'sbatch_script', 'SlurmTimeLimit', 'slurm_job', 'slurm_states',
+           'record_job_failure', 'run_slurm', 'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary',
+           'dry_run_table', 'sweep', 'SweepStoppedError', 'summary', 'target_seeds', 'plans_for_target', 'sweep_parser',
+           'cli_sweep']
 
 # %% ../nbs/31_sweep.ipynb #3dd3fee9
 HASH_EXCLUDE = ('out_dir', 'device')   # where and on what a run executes, not what it computes
@@ -639,7 +640,17 @@ def _worker_exit(*_):
     os._exit(143)
 
 # %% ../nbs/31_sweep.ipynb #1db81611
-def _worker_init(gpu_queue, threads):
+def fork_server_needs(runs:list) -> tuple:
+    "(modules, (dataset, split) pairs) that the experiments of `runs` ask their fork server to load first (`Experiment.preload`/`warm`)."
+    from contrastive_ablations.plans import PlanError, find_experiment
+    preload, warm = {}, {}
+    for nb in dict.fromkeys(r.notebook for r in runs):
+        try: exp = find_experiment(nb)
+        except PlanError: continue   # a template no experiment declares: it gets the bare server
+        preload.update(dict.fromkeys(exp.preload)); warm.update(dict.fromkeys(map(tuple, exp.warm)))
+    return tuple(preload), tuple(warm)
+
+def _worker_init(gpu_queue, threads, needs=((), ())):
     try:   # die with the sweep even when it is killed with SIGKILL (Linux)
         import ctypes; ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, int(signal.SIGTERM))
     except Exception: pass
@@ -651,7 +662,7 @@ def _worker_init(gpu_queue, threads):
         for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[k] = str(threads)
     # kernels forked from a preloaded process: a run's kernel starts without importing torch again (forkserver)
     from contrastive_ablations.forkserver import start_fork_server
-    start_fork_server(kernel_env(threads, gpu))
+    start_fork_server(kernel_env(threads, gpu), *needs)
 
 def _failed(spec, e) -> dict:
     if disk_error(e): raise e   # a full or read-only disk fails every later run too: stop the sweep (see `sweep`)
@@ -667,7 +678,8 @@ def run_local(todo:list, workers:int, threads:int, force:bool, progress:Progress
     ctx, gpus = mp.get_context('spawn'), detect_gpus()
     q = ctx.Queue()
     for i in range(workers): q.put(gpus[i % len(gpus)] if gpus else None)
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=mod._worker_init, initargs=(q, threads))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=mod._worker_init,
+                               initargs=(q, threads, fork_server_needs(todo)))
     waiting, futures, limits = list(todo), {}, limits or {}
     def submit():
         s = waiting.pop(0)

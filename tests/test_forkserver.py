@@ -8,7 +8,8 @@ import papermill as pm
 import pytest
 
 from contrastive_ablations import forkserver as fs
-from contrastive_ablations.sweep import _child_pids, kernel_env
+from contrastive_ablations.experiments import CLEL, ICKD
+from contrastive_ablations.sweep import _child_pids, fork_server_needs, kernel_env
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not hasattr(os, 'fork'), reason='fork servers need fork (Linux, macOS)')
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, 'fork'), reason='fork servers ne
 @pytest.fixture(scope='module')
 def server():
     old = os.environ.get(fs.SOCKET_ENV)
-    path = fs.start_fork_server(kernel_env(1))
+    path = fs.start_fork_server(kernel_env(1), ICKD.preload, ICKD.warm)   # what a sweep of ICKD runs starts
     assert path and os.path.exists(path)
     yield path
     fs.SERVERS.pop(path).kill()
@@ -41,6 +42,25 @@ def test_forked_kernel_is_preloaded_and_takes_over_cwd_and_env(server, tmp_path,
     assert forked == ['True', str(tmp_path), '1', '1'], forked
     monkeypatch.setenv(fs.DISABLE_ENV, '0')   # switched off: the same manager starts an ordinary kernel
     assert _probe(tmp_path, fs.fork_kernel_manager())[0] == 'False'
+
+
+def test_server_loads_what_the_sweeps_experiments_declare(tmp_path, monkeypatch):
+    "A sweep's server imports the modules its experiments list (a toy template's gets ipykernel only) and warms their data once."
+    from types import SimpleNamespace as Run
+    nb = lambda e: Run(notebook=str(e.notebook_path()))
+    preload, warm = fork_server_needs([nb(ICKD), nb(CLEL), nb(ICKD), Run(notebook='/elsewhere/not_declared.ipynb')])
+    assert preload == tuple(dict.fromkeys(ICKD.preload + CLEL.preload)) and 'contrastive_ablations.clel' in preload
+    assert warm == tuple(dict.fromkeys(ICKD.warm + CLEL.warm)) and ('digits', 'test') in warm
+    assert fork_server_needs([Run(notebook='/elsewhere/not_declared.ipynb')]) == ((), ())
+    old = os.environ.get(fs.SOCKET_ENV)
+    path = fs.start_fork_server(kernel_env(1))   # nothing declared: a bare server
+    try:
+        monkeypatch.setenv('OMP_NUM_THREADS', '1')
+        assert _probe(tmp_path, fs.fork_kernel_manager())[0] == 'False'   # torch was not imported before the fork
+    finally:
+        fs.SERVERS.pop(path).kill()
+        if old is None: os.environ.pop(fs.SOCKET_ENV, None)
+        else: os.environ[fs.SOCKET_ENV] = old
 
 
 def test_smoke_run_gives_the_same_metrics_forked_and_ordinary(server, tmp_path, monkeypatch):
@@ -105,7 +125,7 @@ def test_kernels_run_two_threads_whatever_the_server_ran_before_the_fork(tmp_pat
     path = str(tmp_path / 'kernels.sock')
     env = {**os.environ, **kernel_env(2), 'PYTHONPATH': os.pathsep.join([str(tmp_path), kernel_env()['PYTHONPATH']])}
     code = ('import sys; from contrastive_ablations import forkserver as fs; '
-            'fs.serve(sys.argv[1], fs.PRELOAD + ("parallel_at_import",))')
+            'fs.serve(sys.argv[1], ("parallel_at_import",))')
     server = subprocess.Popen([sys.executable, '-c', code, path], env=env, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -122,7 +142,7 @@ def test_kernels_run_two_threads_whatever_the_server_ran_before_the_fork(tmp_pat
 def test_two_thread_kernel_from_a_sweep_workers_server(tmp_path, monkeypatch):
     "What a sweep worker with 2 threads per run does: start_fork_server(kernel_env(2)); its kernels run 2 threads."
     old = os.environ.get(fs.SOCKET_ENV)
-    path = fs.start_fork_server(kernel_env(2))
+    path = fs.start_fork_server(kernel_env(2), preload=('torch',))
     assert path
     try:
         monkeypatch.setenv('OMP_NUM_THREADS', '2')
