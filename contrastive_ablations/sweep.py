@@ -471,10 +471,11 @@ class Progress:
         seen = [k for k in self.ok if self.estimates.get(k)]
         return sum(self.finished[k] for k in seen) / sum(self.estimates[k] for k in seen) if seen else 1.0
     def overdue(self) -> list:
-        "(run id, seconds running, expected seconds, time limit) of the runs in flight past their (rescaled) estimate."
+        "(run id, seconds running, expected seconds, time limit) of the runs in flight well past their (rescaled) estimate."
         now, scale = time.time(), self._scale()
+        late = lambda t, exp: t > max(1.5 * exp, exp + 10)   # half as long again, and 10 s over at least
         return [(k, now - t, scale * self.estimates[k], self.limits.get(k)) for k, t in self.started.items()
-                if k in self.estimates and now - t > scale * self.estimates[k]]
+                if k in self.estimates and late(now - t, scale * self.estimates[k])]
     def eta(self):
         left = self.total - self.done - self.failed
         if not left: return 0.0
