@@ -116,8 +116,10 @@ check-clean: venv
 nbtest: venv
 	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
+# two test processes (pytest-xdist), a test file each at a time: most tests wait on kernels, sweeps and Slurm, so two
+# keep the two cores busy; a file's module fixtures (a site build, a Slurm cluster) are made once, in one process
 pytest: venv
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # What reads the cached artefacts (FID extractors and statistics) that the main job leaves: CI runs it after
 # `make ablations PROFILE=smoke` on an empty cache, so the two commands are checked in both orders.

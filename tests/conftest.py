@@ -1,4 +1,5 @@
 """Shared pytest configuration: markers and the repository root."""
+import os
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,30 @@ def pytest_configure(config):
 def repo_root() -> Path:
     "The repository root (where settings.ini lives)."
     return ROOT
+
+
+SMOKE_STUDIES = ('ickd_margin', 'ickd_balance', 'clel_framework', 'clel_norm_direction')
+
+
+@pytest.fixture(scope='session')
+def smoke_runs(tmp_path_factory) -> Path:
+    """Real smoke runs of the four shipped plans (one seed), made once per test session and shared read-only.
+
+    $CONTRASTIVE_ABLATIONS_TEST_RUNS names a runs folder to use instead (e.g. `runs/smoke` from `make smoke`).
+    Under pytest-xdist the workers share one folder: the first makes it under a lock, the others wait and reuse it
+    (the sweep skips runs already finished). A test that changes runs copies them first."""
+    from contrastive_ablations.core import file_lock
+    from contrastive_ablations.rundata import find_studies
+    from contrastive_ablations.sweep import sweep
+    env = os.environ.get('CONTRASTIVE_ABLATIONS_TEST_RUNS')
+    if env:
+        assert find_studies(env), f'$CONTRASTIVE_ABLATIONS_TEST_RUNS={env} holds no study'
+        return Path(env)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'): shared = shared.parent   # the folder all workers of this session share
+    out = shared / 'smoke_runs'
+    with file_lock(shared / 'smoke_runs.lock'):
+        res = sweep([ROOT / 'plans' / f'{s}.yaml' for s in SMOKE_STUDIES], out=out, profile='smoke', seeds=1, workers=2,
+                    stream=open(os.devnull, 'w'))
+    assert res.ok, f'the smoke sweep failed: {res}'
+    return out

@@ -1,7 +1,7 @@
 """The documentation site, built from a smoke sweep and opened offline in a real (headless) browser.
 
-A smoke-profile sweep of the four plans runs first (or $CONTRASTIVE_ABLATIONS_TEST_RUNS names a runs directory
-to use instead, e.g. `runs/smoke` from `make smoke`). The site is built from it with three lessons executed
+A smoke-profile sweep of the four plans runs first (conftest's `smoke_runs`, or $CONTRASTIVE_ABLATIONS_TEST_RUNS names
+a runs directory to use instead, e.g. `runs/smoke` from `make smoke`). The site is built from it with three lessons executed
 completely, slow cells included: 11_ickd (its slow cell reads the sweep's runs), 20_ebm (mostly formulas) and
 40_report. Chromium opens the pages with every host name unresolvable, so nothing can come from the network,
 and the checks read the DOM after JavaScript ran: formulas rendered by KaTeX, the figure of 11_ickd's slow
@@ -107,17 +107,9 @@ def open_page(site: Path, rel: str, shot: str, height=2400) -> Page:
 
 
 @pytest.fixture(scope='module')
-def runs_dir(tmp_path_factory):
-    "Real smoke runs: $CONTRASTIVE_ABLATIONS_TEST_RUNS, else a smoke sweep of the four plans (one seed)."
-    env = os.environ.get('CONTRASTIVE_ABLATIONS_TEST_RUNS')
-    if env:
-        assert find_studies(env), f'$CONTRASTIVE_ABLATIONS_TEST_RUNS={env} holds no study'
-        return Path(env)
-    from contrastive_ablations.sweep import sweep
-    d = tmp_path_factory.mktemp('smoke_runs')
-    res = sweep([ROOT / 'plans' / f'{s}.yaml' for s in STUDIES], out=d, profile='smoke', seeds=1, workers=2)
-    assert res.ok, f'the smoke sweep failed: {res}'
-    return d
+def runs_dir(smoke_runs):
+    "Real smoke runs of the four plans (conftest's `smoke_runs`, shared with other test files)."
+    return smoke_runs
 
 
 @pytest.fixture(scope='module')
