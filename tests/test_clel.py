@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -276,4 +277,8 @@ def test_fid_curve_measures_without_changing_the_training(monkeypatch):
     curve, last = C.fid_curve(p, every=3, n_samples=100)
     C.run_experiment(**p)
     assert list(curve.iteration) == [3, 6] and last.shape == (100, 1, 28, 28)
-    assert results[0].steps['loss'].tolist() == results[1].steps['loss'].tolist()
+    # equal up to float noise (a measurement that took from the training's generator would change the losses at
+    # once and by far more: other batches, other SGLD noise); CPU matrix kernels may round differently after the
+    # measurement's allocations, seen as a 1e-5 relative difference in one loss value
+    a, b = results[0].steps['loss'].to_numpy(), results[1].steps['loss'].to_numpy()
+    assert len(a) == len(b) == 6 and np.allclose(a, b, rtol=1e-4, atol=0), (a, b)

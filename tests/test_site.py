@@ -107,21 +107,25 @@ def open_page(site: Path, rel: str, shot: str, height=2400) -> Page:
 
 
 @pytest.fixture(scope='module')
-def runs_dir(smoke_runs):
-    "Real smoke runs of the four plans (conftest's `smoke_runs`, shared with other test files)."
-    return smoke_runs
+def runs_dir(smoke_runs, tmp_path_factory):
+    "A private copy of the real smoke runs of the four plans (conftest's `smoke_runs`): no other test process touches it."
+    d = tmp_path_factory.mktemp('runs') / 'runs'
+    shutil.copytree(smoke_runs, d, symlinks=True)   # runs shared by two studies are relative links: they stay inside
+    return d
 
 
 @pytest.fixture(scope='module')
 def site(runs_dir, tmp_path_factory):
     "The site built twice from the runs with one cache: the first build and the second (nothing changed)."
     tmp = tmp_path_factory.mktemp('site')
-    t = time.time()
-    first = build_site(runs_dir, tmp / '_site', lessons=LESSONS, workers=2, cache_dir=tmp / 'cache')
-    first['wall_s'] = time.time() - t
-    t = time.time()
-    again = build_site(runs_dir, tmp / '_site', lessons=LESSONS, workers=2, cache_dir=tmp / 'cache', quiet=True)
-    again['wall_s'] = time.time() - t
+    with pytest.MonkeyPatch.context() as mp:   # artefacts of its own: tests in the other process write to the shared cache
+        mp.setenv('CONTRASTIVE_ABLATIONS_CACHE', str(tmp / 'artefacts'))
+        t = time.time()
+        first = build_site(runs_dir, tmp / '_site', lessons=LESSONS, workers=2, cache_dir=tmp / 'cache')
+        first['wall_s'] = time.time() - t
+        t = time.time()
+        again = build_site(runs_dir, tmp / '_site', lessons=LESSONS, workers=2, cache_dir=tmp / 'cache', quiet=True)
+        again['wall_s'] = time.time() - t
     print(f"site build: first {first['wall_s']:.0f} s, second (cached) {again['wall_s']:.0f} s")
     return tmp / '_site', first, again
 
