@@ -74,8 +74,7 @@ ablations: venv data fid-extractor
 # classifier, seconds; quick: Inception-v3 when its checked weights are here, else the 'full' classifier, minutes;
 # paper: Inception-v3). Make it ready (trained once, checked, cached) before the sweep, so no run trains it.
 fid-extractor: venv data
-	$(BIN)/python -c "from contrastive_ablations.clel import profile_config; from contrastive_ablations.clel_metrics import resolve_fid_extractor; \
-	e = profile_config('$(PROFILE)').fid_extractor; print('FID extractor of the $(PROFILE) profile:', resolve_fid_extractor(e, 1, 28)[2])"
+	$(BIN)/python -c "import sys; from contrastive_ablations.clel import prepare_fid_extractor; sys.exit(prepare_fid_extractor('$(PROFILE)'))"
 
 smoke:
 	$(MAKE) --no-print-directory ablations PROFILE=smoke SEEDS=1

@@ -24,9 +24,10 @@ from .contrastive import create_framework, ema_update_  # EMA of parameters, buf
 from .training import fit, DivergedError, TrainResult
 
 # %% auto #0
-__all__ = ['OFFICIAL_RECIPE', 'SUITE_ONLY', 'DEVIATIONS', 'CURVE_COLUMNS', 'CLELConfig', 'profile_config', 'deviations_table',
-           'make_buffer_augment', 'make_view_augment', 'refresh_spectral_norm_', 'CLELModel', 'build_clel', 'evaluate',
-           'CLELTrainer', 'build_trainer', 'sample_grid_png', 'plot_curves', 'run_experiment', 'run', 'fid_curve']
+__all__ = ['OFFICIAL_RECIPE', 'SUITE_ONLY', 'DEVIATIONS', 'CURVE_COLUMNS', 'CLELConfig', 'profile_config',
+           'prepare_fid_extractor', 'deviations_table', 'make_buffer_augment', 'make_view_augment',
+           'refresh_spectral_norm_', 'CLELModel', 'build_clel', 'evaluate', 'CLELTrainer', 'build_trainer',
+           'sample_grid_png', 'plot_curves', 'run_experiment', 'run', 'fid_curve']
 
 # %% ../nbs/23_clel.ipynb #4604e83d
 @dataclass
@@ -91,6 +92,19 @@ def profile_config(profile: str = 'quick',          # 'smoke', 'quick' or 'paper
     if DATASETS[dataset].channels == 1 and len(cfg.ebm_input_mean) == 3:   # RGB statistics on gray images: their average
         cfg = replace(cfg, ebm_input_mean=(sum(cfg.ebm_input_mean) / 3,), ebm_input_std=(sum(cfg.ebm_input_std) / 3,))
     return cfg
+
+# %% ../nbs/23_clel.ipynb #f1d3e7a2
+def prepare_fid_extractor(profile: str = 'quick',  # a CLEL profile: 'smoke', 'quick' or 'paper'
+                         ) -> int:
+    "Make the profile's FID extractor ready before a sweep (trained once, checked, cached): 0, or 2 with the reason on stderr."
+    import sys
+    from contrastive_ablations.clel_metrics import resolve_fid_extractor
+    cfg = profile_config(profile)
+    ds = DATASETS[cfg.dataset]
+    try: desc = resolve_fid_extractor(cfg.fid_extractor, ds.channels, ds.size)[2]
+    except FileNotFoundError as e:   # e.g. the paper profile's Inception weights offline: the message says where to put them
+        print(f'FID extractor of the {profile} profile is not available: {e}', file=sys.stderr); return 2
+    print(f'FID extractor of the {profile} profile: {desc}'); return 0
 
 # %% ../nbs/23_clel.ipynb #a4ede1de
 OFFICIAL_RECIPE = dict(  # the official CIFAR-10 recipe, per CLELConfig field

@@ -467,3 +467,11 @@ def test_planted_pickles_run_no_code_in_a_smoke_clel_run(monkeypatch, tmp_path, 
     with pytest.raises(cm.InceptionWeightsError, match=f'{cm.cache_dir() / cm.INCEPTION_FILE} is not the published'):
         run(params('r3'))
     assert not marker.exists()
+
+
+def test_prepare_fid_extractor_stops_with_the_reason_offline(offline, capsys):
+    "`make fid-extractor PROFILE=paper` without the Inception weights: exit status 2 and where to put them, no traceback."
+    from contrastive_ablations.clel import prepare_fid_extractor
+    assert prepare_fid_extractor('paper') == 2
+    err = capsys.readouterr().err
+    assert 'FID extractor of the paper profile is not available' in err and cm.INCEPTION_FILE in err, err
