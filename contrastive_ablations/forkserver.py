@@ -8,7 +8,7 @@ import json, os, select, signal, socket, sys, tempfile, threading, time
 
 # %% auto #0
 __all__ = ['SOCKET_ENV', 'DISABLE_ENV', 'KERNEL_PRELOAD', 'THREAD_VARS', 'SERVERS', 'wait_for_exit', 'serve', 'launch',
-           'start_fork_server', 'fork_kernel_manager']
+           'stop_fork_servers', 'start_fork_server', 'fork_kernel_manager']
 
 # %% ../nbs/33_forkserver.ipynb #f004a1b2
 SOCKET_ENV = 'CONTRASTIVE_ABLATIONS_FORK_SERVER'   # the socket of this process's fork server (set by `start_fork_server`)
@@ -113,6 +113,13 @@ def launch(path: str,             # the fork server's socket
 
 # %% ../nbs/33_forkserver.ipynb #f013a1b2
 SERVERS: dict = {}   # socket path -> the server's Popen (this process's)
+
+def stop_fork_servers():
+    "Stop this process's fork servers and remove their socket folders (also for a process that leaves with `os._exit`)."
+    import shutil
+    for path in list(SERVERS):
+        SERVERS.pop(path).kill()
+        shutil.rmtree(os.path.dirname(path), True)
 
 def start_fork_server(env: dict | None = None,  # environment of the server's imports (its thread counts are set to 1)
                       preload: tuple = (),      # modules the kernels will import (`Experiment.preload`)

@@ -638,6 +638,8 @@ def _worker_exit(*_):
     for pid in _child_pids(os.getpid()):
         try: os.kill(pid, signal.SIGTERM)
         except OSError: pass
+    from contrastive_ablations.forkserver import stop_fork_servers
+    stop_fork_servers()   # os._exit skips atexit: its socket folder would stay in the temporary directory
     os._exit(143)
 
 # %% ../nbs/31_sweep.ipynb #1db81611

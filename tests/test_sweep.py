@@ -32,9 +32,9 @@ def registry():
     P.EXPERIMENTS.clear(); P.EXPERIMENTS.update(saved)
 
 
-def _cli(*args, **kw):
+def _cli(*args, env_extra=None, **kw):
     "Run the CLI (with the toy registered) in a subprocess."
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')]))}
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])), **(env_extra or {})}
     return subprocess.Popen([sys.executable, str(ASSETS/'toy_cli.py'), *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
@@ -219,7 +219,9 @@ def _wait_for(cond, timeout, proc=None):
 def _sweep_until_one_more_done(out, runs, sig, *options):
     "Start a sweep of toy_slow on one worker (with more CLI `options`); send `sig` as soon as one more run has finished."
     before = sum(S.run_state(r) == 'done' for r in runs)
-    proc = _cli('sweep', PLANS/'toy_slow.yaml', '--profile', 'smoke', '--workers', '1', '--out', out, *options)
+    tmp = Path(out).parent/f'tmp-{sig.name}'; tmp.mkdir(parents=True, exist_ok=True)   # where its fork server's socket goes
+    proc = _cli('sweep', PLANS/'toy_slow.yaml', '--profile', 'smoke', '--workers', '1', '--out', out, *options,
+                env_extra={'TMPDIR': str(tmp)})
     try:
         assert _wait_for(lambda: sum(S.run_state(r) == 'done' for r in runs) > before, 120, proc), proc.communicate()
         proc.send_signal(sig)
@@ -229,6 +231,7 @@ def _sweep_until_one_more_done(out, runs, sig, *options):
     assert proc.returncode == (130 if sig == signal.SIGTERM else -signal.SIGKILL), (stdout, stderr)
     if sig == signal.SIGTERM: assert 'run the same command again' in stderr
     time.sleep(1.5)   # an orphaned kernel notices its dead parent within a second
+    assert not list(tmp.glob('ca-fork-*')), 'a fork server socket folder was left behind'
     return stdout
 
 
