@@ -116,7 +116,7 @@ def validate_params(specs: dict[str, Param], # the experiment's parameter declar
         close = {u: difflib.get_close_matches(u, list(specs), 1) for u in unknown}
         named = ', '.join(f'{u!r}' + (f' (did you mean {close[u][0]!r}?)' if close[u] else '') for u in unknown)
         raise ParameterError(f"{where}unknown parameter(s) {named}; known: {', '.join(sorted(specs))}")
-    # independent parameters first: a dependent domain (e.g. delta's on gate) reads their checked values
+    # independent parameters first: a dependent domain (`Param.depends_on`) reads their checked values
     out = {n: s.check(n, params.get(n, s.default), where) for n, s in specs.items() if s.depends_on is None}
     out.update({n: s.given(out).check(n, params.get(n, s.default), where) for n, s in specs.items() if s.depends_on is not None})
     return {n: out[n] for n in specs}

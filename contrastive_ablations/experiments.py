@@ -110,6 +110,8 @@ class Experiment:
     config: str = ''          # 'module:Class' of the dataclass whose defaults are the recipe (the profiles change them)
     preload: tuple = ()       # modules its runs import: a sweep's fork server imports them once, before forking kernels
     warm: tuple = ()          # (dataset, split) pairs its runs read: the fork server holds them in memory for its kernels
+    pairing: str = ''         # what a seed sets and what runs with the same seed share (the report says it)
+    cost_factors: dict = field(default_factory=dict)  # knob -> times longer a run takes when the knob is true (estimates)
 
     def __post_init__(self):
         for p in self.parts: p.experiment = self.name
@@ -231,7 +233,17 @@ ICKD = Experiment(
                 'lam', 0.03, remove=0.0, baselines=list(ICKD_BASELINES), fixed=FASHION)),
     baselines=ICKD_BASELINES, config='contrastive_ablations.ickd:ICKDConfig',
     preload=('torch._dynamo', 'matplotlib', 'contrastive_ablations.ickd'),   # torch._dynamo: the first optimiser imports it
-    warm=(('fashion_mnist', 'train'), ('fashion_mnist', 'test')))
+    warm=(('fashion_mnist', 'train'), ('fashion_mnist', 'test')),
+    cost_factors={'with_controls': 3},   # two more teachers and students
+    # checked in the code of 11_ickd (and by tests/test_stats.py for δ and λ)
+    pairing=('A seed sets the training subset (profiles that train on part of the data), the order of the batches, the '
+             "teacher's initial weights (seed) and the student's (seed + 1), and the generators of the random crops and "
+             'flips (seed for the teacher, seed + 1 for the student); the validation and test sets are the same for '
+             'every run. Runs with the same seed are paired: whatever the value of the ablated knob, they start from '
+             'identical weights and see identical batches in the same order (a test checks it for δ and λ), and their '
+             'augmentations stay identical as long as both draw the same random numbers per step; a teacher with λ = 0 '
+             'computes no second view, so its crops and flips differ from its first step on. The student of each run '
+             'starts from the same weights and sees the same augmented batches whatever the teacher was.'))
 
 # %% ../nbs/04_experiments.ipynb #5b9e00e5
 FRAMEWORKS = ('simclr', 'byol', 'moco', 'mae')  # the self-supervised methods CLEL can be paired with
@@ -323,7 +335,15 @@ CLEL = Experiment(
                 remove=False, fixed=FASHION)),
     baselines=(Baseline('no encoder', {'framework': 'none'}),), config='contrastive_ablations.clel:CLELConfig',
     preload=('torch._dynamo', 'matplotlib', 'contrastive_ablations.clel', 'contrastive_ablations.clel_metrics'),
-    warm=(('fashion_mnist', 'train'), ('fashion_mnist', 'test'), ('digits', 'test')))
+    warm=(('fashion_mnist', 'train'), ('fashion_mnist', 'test'), ('digits', 'test')),
+    # checked in the code of 23_clel
+    pairing=('A seed sets the training subset, the order of the batches, the initial weights of the energy model (built '
+             'before the encoder, so the same for every framework whose energy model has the same shape) and of the '
+             "encoder, and one generator that draws the dequantisation noise, the replay buffer's initial noise and "
+             "restarts, the SGLD noise and the encoder's augmented views; FID and OOD evaluation draw from generators "
+             'of their own (seed + 1, seed + 2). Runs with the same seed are paired: they see identical batches, and '
+             'their noise stays identical as long as both draw the same random numbers per step; without an encoder '
+             '(framework none) no views are drawn, so its SGLD noise differs from the first step on.'))
 
 # %% ../nbs/04_experiments.ipynb #bc2c94f5
 EXPERIMENTS = {'ickd': ICKD, 'clel': CLEL}

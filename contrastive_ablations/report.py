@@ -15,10 +15,10 @@ from .seedstats import (ALPHA, INTERVAL_METHOD, MAX_SEEDS_NEEDED, POWER, compare
                                              paired_differences, run_counts, seeds_plan, summarize)
 
 # %% auto #0
-__all__ = ['PROFILE_NOTES', 'PROFILE_TAGS', 'PAIRING', 'headline_metrics', 'profile_banner', 'seeds_sentence', 'status_sentence',
-           'findings', 'study_finding', 'family_table', 'family_sentence', 'metric_verdict', 'verdicts',
-           'pairing_sentence', 'seeds_sentences', 'runs_table', 'summary_tables', 'detail_table', 'comparison_tables',
-           'html_table', 'summary_csv', 'seeds_csv', 'write_summary_csvs', 'csv_link', 'sweep_command', 'no_runs_html',
+__all__ = ['PROFILE_NOTES', 'PROFILE_TAGS', 'headline_metrics', 'profile_banner', 'seeds_sentence', 'status_sentence', 'findings',
+           'study_finding', 'family_table', 'family_sentence', 'metric_verdict', 'verdicts', 'pairing_sentence',
+           'seeds_sentences', 'runs_table', 'summary_tables', 'detail_table', 'comparison_tables', 'html_table',
+           'summary_csv', 'seeds_csv', 'write_summary_csvs', 'csv_link', 'sweep_command', 'no_runs_html',
            'resolve_runs_dir', 'run_url_factory', 'runs_html', 'plan_sentence', 'provenance_sentence', 'left_out_lines',
            'csv_folder', 'report_study', 'report_overview', 'format_report', 'parse_diffs', 'cli_report']
 
@@ -191,28 +191,10 @@ def verdicts(study: Study) -> list[str]:
     return [metric_verdict(study, m, fam) for m in headline_metrics(study)]
 
 # %% ../nbs/40_report.ipynb #fe535333
-PAIRING = {  # experiment -> what a seed sets and what runs with the same seed share (checked in the code of 11_ickd, 23_clel)
-    'ickd': ("A seed sets the training subset (profiles that train on part of the data), the order of the batches, the "
-             "teacher's initial weights (seed) and the student's (seed + 1), and the generators of the random crops and "
-             "flips (seed for the teacher, seed + 1 for the student); the validation and test sets are the same for every "
-             "run. Runs with the same seed are paired: whatever the value of the ablated knob, they start from identical "
-             "weights and see identical batches in the same order (a test checks it for δ and λ), and their augmentations "
-             "stay identical as long as both draw the same random numbers per step; a teacher with λ = 0 computes no "
-             "second view, so its crops and flips differ from its first step on. The student of each run starts from "
-             "the same weights and sees the same augmented batches whatever the teacher was."),
-    'clel': ("A seed sets the training subset, the order of the batches, the initial weights of the energy model (built "
-             "before the encoder, so the same for every framework whose energy model has the same shape) and of the "
-             "encoder, and one generator that draws the dequantisation noise, the replay buffer's initial noise and "
-             "restarts, the SGLD noise and the encoder's augmented views; FID and OOD evaluation draw from generators "
-             "of their own (seed + 1, seed + 2). Runs with the same seed are paired: they see identical batches, and "
-             "their noise stays identical as long as both draw the same random numbers per step; without an encoder "
-             "(framework none) no views are drawn, so its SGLD noise differs from the first step on."),
-}
-
 def pairing_sentence(study: Study) -> str:
     "What a seed controls in the study's experiment and what paired runs (same seed) share."
-    name = getattr(study.experiment, 'name', None)
-    return PAIRING.get(name, "A seed sets the run's random numbers; runs of different values with the same seed are compared in pairs.")
+    return (getattr(study.experiment, 'pairing', '') or
+            "A seed sets the run's random numbers; runs of different values with the same seed are compared in pairs.")
 
 def _hours(h) -> str: return '—' if not np.isfinite(h) else (f"{h:.1f} run-hours" if h >= 0.1 else f"{60*h:.1f} run-minutes")
 
@@ -376,6 +358,11 @@ def csv_link(study: Study) -> str:
             f"{link(seeds_csv(study), f'{study.name}_seeds.csv', 'every seed as CSV')}</p>")
 
 # %% ../nbs/40_report.ipynb #9babb433
+def _a_study(studies=()) -> str:
+    "A study to show in an example command: the first of `studies`, else of the experiments' parts, else 'STUDY'."
+    from contrastive_ablations.experiments import EXPERIMENTS
+    return next(iter([*studies, *(p.study for e in EXPERIMENTS.values() for p in e.parts)]), 'STUDY')
+
 def sweep_command(study: str, profile: str = 'quick', seeds: int | None = None) -> str:
     "The command that produces a study's runs (into runs/<profile>, as `make ablations` does); seeds: the plan's unless given."
     return (f"python -m contrastive_ablations sweep plans/{study}.yaml --profile {profile}"
@@ -567,7 +554,7 @@ def report_overview(runs_dir, # the sweep's runs directory
     found = {p.name: p for p in find_studies(runs_dir)}
     if not found:
         show(HTML(f"<p><strong>No sweep results in <code>{html.escape(str(runs_dir))}</code> yet.</strong> Produce every study "
-                  f"with <code>make ablations PROFILE=quick</code>, or one study with</p><pre><code>{html.escape(sweep_command('ickd_margin'))}\n"
+                  f"with <code>make ablations PROFILE=quick</code>, or one study with</p><pre><code>{html.escape(sweep_command(_a_study(studies)))}\n"
                   "python -m contrastive_ablations site --runs runs/quick --out _site</code></pre>"))
     e, parts = html.escape, []
     for n in dict.fromkeys([*studies, *sorted(found)]):

@@ -284,9 +284,9 @@ def convert_run_notebooks(runs_dir,        # the sweep's runs directory
     return n
 
 # %% ../nbs/41_site.ipynb #06fa3805
-def sweep_run(study: str,       # study name, e.g. 'ickd_balance'
+def sweep_run(study: str,       # study name (a plan's `study`)
               runs_dir=None,    # default: `report.resolve_runs_dir()` ($CONTRASTIVE_ABLATIONS_RUNS in a site build)
-              **params,         # parameter values the run must have, e.g. lam=0.0
+              **params,         # parameter values the run must have, e.g. seed=0
              ) -> Path | None:
     "The finished run of `study` that has these parameter values and the lowest seed; None when there is none."
     from contrastive_ablations.core import read_json

@@ -39,7 +39,7 @@ class RunSpec:
     study: str
     run_id: str
     role: str         # 'control' | 'ablation' | 'baseline'
-    label: str        # e.g. 'delta=0.3' or 'vanilla teacher'
+    label: str        # the value as PARAMETER=VALUE (e.g. 'x=0.3'), or a baseline's label
     parameter: str    # the study's ablated parameter
     value: object     # its value in this run
     seed: int
@@ -596,8 +596,15 @@ def _finished_infos(out) -> list:
         if i and i.get('status') == 'done' and _is_number(i.get('notebook_wall_s')) and i['notebook_wall_s'] > 0: infos.append(i)
     return infos
 
+def _cost_factor(run) -> float:
+    "How many times longer than a plain run of its experiment `run` is expected to take (`Experiment.cost_factors`)."
+    from contrastive_ablations.plans import PlanError, find_experiment
+    try: factors = find_experiment(run.notebook).cost_factors
+    except PlanError: return 1.0
+    return math.prod(f for knob, f in factors.items() if run.params.get(knob))
+
 def estimate_seconds(runs:list, out) -> dict:
-    "run_id -> expected notebook seconds, from finished runs like it in `out` (median), else `PRIOR_S`."
+    "run_id -> expected notebook seconds, from finished runs like it in `out` (median), else `PRIOR_S` (times the experiment's `cost_factors`)."
     by_label, by_exp = {}, {}
     for i in _finished_infos(out):
         by_label.setdefault((i.get('study'), i.get('label')), []).append(i['notebook_wall_s'])
@@ -607,7 +614,7 @@ def estimate_seconds(runs:list, out) -> dict:
         prof, exp = r.params.get('profile', 'quick'), Path(r.notebook).stem
         seen = by_label.get((r.study, r.label)) or by_exp.get((exp, prof))
         est[r.run_id] = (statistics.median(seen) if seen else
-                         PRIOR_S.get(prof, PRIOR_S['quick']) * (3 if r.params.get('with_controls') else 1))
+                         PRIOR_S.get(prof, PRIOR_S['quick']) * _cost_factor(r))
     return est
 
 # %% ../nbs/31_sweep.ipynb #b7e1c2d4

@@ -401,3 +401,14 @@ def test_bad_run_timeout_is_a_usage_error(tmp_path, capsys, bad):
         rc = S.cli_sweep([PLANS/'toy_x.yaml', '--profile', 'smoke', '--out', tmp_path/'runs', '--run-timeout', bad])
         assert rc == 2 and 'run_timeout' in capsys.readouterr().err
     assert not (tmp_path/'runs').exists()
+
+
+def test_prior_estimate_scales_with_the_experiments_cost_factors(tmp_path):
+    "Before a run like it has finished, a run is expected to take PRIOR_S of its profile times its experiment's cost_factors."
+    from contrastive_ablations.experiments import ICKD
+    assert ICKD.cost_factors == {'with_controls': 3}
+    nb = str(ICKD.notebook_path())
+    runs = [S.RunSpec('s', f'r{i}', 'ablation', f'x={i}', 'x', i, 0, nb, {'profile': 'smoke', 'with_controls': wc}, str(tmp_path/f'r{i}'))
+            for i, wc in enumerate((False, True))]
+    toy = S.RunSpec('t', 'r9', 'ablation', 'x=9', 'x', 9, 0, str(ASSETS/'toy_experiment.ipynb'), {'profile': 'smoke'}, str(tmp_path/'r9'))
+    assert S.estimate_seconds([*runs, toy], tmp_path) == {'r0': S.PRIOR_S['smoke'], 'r1': 3 * S.PRIOR_S['smoke'], 'r9': S.PRIOR_S['smoke']}
