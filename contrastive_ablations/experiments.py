@@ -112,6 +112,7 @@ class Experiment:
     warm: tuple = ()          # (dataset, split) pairs its runs read: the fork server holds them in memory for its kernels
     pairing: str = ''         # what a seed sets and what runs with the same seed share (the report says it)
     cost_factors: dict = field(default_factory=dict)  # knob -> times longer a run takes when the knob is true (estimates)
+    phases: dict = field(default_factory=dict)        # phase its runs report in timings.json -> label, where not the name
 
     def __post_init__(self):
         for p in self.parts: p.experiment = self.name
@@ -336,6 +337,7 @@ CLEL = Experiment(
     baselines=(Baseline('no encoder', {'framework': 'none'}),), config='contrastive_ablations.clel:CLELConfig',
     preload=('torch._dynamo', 'matplotlib', 'contrastive_ablations.clel', 'contrastive_ablations.clel_metrics'),
     warm=(('fashion_mnist', 'train'), ('fashion_mnist', 'test'), ('digits', 'test')),
+    phases={'fid_auroc': 'FID/AUROC'},
     # checked in the code of 23_clel
     pairing=('A seed sets the training subset, the order of the batches, the initial weights of the energy model (built '
              'before the encoder, so the same for every framework whose energy model has the same shape) and of the '

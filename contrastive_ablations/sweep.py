@@ -17,17 +17,17 @@ from .safeio import check_writable, disk_error
 # through them the experiments and torch) would add seconds to every worker start. `core` is light.
 
 # %% auto #0
-__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'RUN_ID_RE', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'PHASES', 'PRIOR_S',
-           'RUN_LIMIT_FACTOR', 'RUN_LIMIT_MIN_S', 'SLURM_ENDED', 'SLURM_WHY', 'MAX_WORKERS', 'RunSpec', 'params_hash',
-           'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch', 'run_state',
-           'kernel_env', 'move_aside', 'execute_run', 'notebook_timing', 'has_parameters_cell', 'SweepLockedError',
-           'StudyLock', 'library_versions', 'git_info', 'run_provenance', 'run_record', 'detect_gpus', 'machine_info',
-           'write_manifest', 'Progress', 'HTMLProgress', 'make_progress', 'cell_phases', 'run_phases', 'time_profile',
-           'estimate_seconds', 'run_limits', 'fork_server_needs', 'run_local', 'run_submitit', 'slurm_partitions',
-           'slurm_check', 'slurm_parameters', 'sbatch_script', 'SlurmTimeLimit', 'slurm_job', 'slurm_states',
-           'record_job_failure', 'run_slurm', 'check_notebook', 'default_workers', 'SweepResult', 'overhead_summary',
-           'dry_run_table', 'sweep', 'SweepStoppedError', 'summary', 'target_seeds', 'plans_for_target', 'sweep_parser',
-           'cli_sweep']
+__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'RUN_ID_RE', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'PHASES', 'PHASE_TAG',
+           'PRIOR_S', 'RUN_LIMIT_FACTOR', 'RUN_LIMIT_MIN_S', 'SLURM_ENDED', 'SLURM_WHY', 'MAX_WORKERS', 'RunSpec',
+           'params_hash', 'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch',
+           'run_state', 'kernel_env', 'move_aside', 'execute_run', 'notebook_timing', 'has_parameters_cell',
+           'SweepLockedError', 'StudyLock', 'library_versions', 'git_info', 'run_provenance', 'run_record',
+           'detect_gpus', 'machine_info', 'write_manifest', 'Progress', 'HTMLProgress', 'make_progress', 'cell_phases',
+           'run_phases', 'phase_label', 'time_profile', 'estimate_seconds', 'run_limits', 'fork_server_needs',
+           'run_local', 'run_submitit', 'slurm_partitions', 'slurm_check', 'slurm_parameters', 'sbatch_script',
+           'SlurmTimeLimit', 'slurm_job', 'slurm_states', 'record_job_failure', 'run_slurm', 'check_notebook',
+           'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table', 'sweep', 'SweepStoppedError',
+           'summary', 'target_seeds', 'plans_for_target', 'sweep_parser', 'cli_sweep']
 
 # %% ../nbs/31_sweep.ipynb #3dd3fee9
 HASH_EXCLUDE = ('out_dir', 'device')   # where and on what a run executes, not what it computes
@@ -537,25 +537,27 @@ def make_progress(*args, stream=None, **kw) -> Progress:
     return (HTMLProgress if stream is sys.stdout and in_notebook() else Progress)(*args, stream=stream, **kw)
 
 # %% ../nbs/31_sweep.ipynb #2ba56cc1
-PHASES = {'kernel_start': 'kernel start', 'imports': 'imports', 'data': 'data', 'training': 'training',
-          'evaluation': 'evaluation', 'fid_auroc': 'FID/AUROC', 'run_other': 'other run work', 'figures': 'figures',
-          'writing': 'writing', 'papermill': 'papermill'}
-_CELL_PHASES = (('write_run_outputs(', 'writing'), ('= run(params)', 'run'), ('check_injected(', 'imports'))
+PHASES = {'kernel_start': 'kernel start', 'imports': 'imports', 'run_other': 'other run work', 'figures': 'figures',
+          'writing': 'writing', 'cells': 'other cells', 'papermill': 'papermill'}   # the engine's own; a run adds its own
+PHASE_TAG = 'phase-'   # a template cell tagged phase-NAME counts toward NAME: imports, run, figures or writing
+_PHASE_NAME = re.compile(r'[a-z][a-z0-9_]{0,39}')
 
 def cell_phases(path) -> dict:
-    "Seconds per phase of an executed notebook from papermill's metadata: kernel start, imports, run, figures, writing."
+    "Seconds per phase of an executed notebook from papermill's metadata and the template's `phase-` cell tags."
     from datetime import datetime
     nb = _read(path)
     if nb is None or not isinstance(nb.get('cells'), list): return {}
-    cells = [c for c in nb['cells'] if isinstance(c, dict) and (c.get('metadata') or {}).get('papermill', {}).get('start_time')]
+    cells = [c for c in nb['cells'] if isinstance(c, dict) and c.get('cell_type') == 'code'
+             and (c.get('metadata') or {}).get('papermill', {}).get('start_time')]
     start, out = nb.get('metadata', {}).get('papermill', {}).get('start_time'), {}
     if start and cells:
         first = cells[0]['metadata']['papermill']['start_time']
         out['kernel_start'] = (datetime.fromisoformat(first) - datetime.fromisoformat(start)).total_seconds()
     for c in cells:
-        src = c['source'] if isinstance(c['source'], str) else ''.join(c['source'])
-        tagged = {'parameters', 'injected-parameters'} & set(c['metadata'].get('tags', []))
-        phase = next((ph for key, ph in _CELL_PHASES if key in src), 'imports' if tagged else 'figures')
+        tags = [t for t in c['metadata'].get('tags', []) if isinstance(t, str)]
+        named = [t[len(PHASE_TAG):] for t in tags if t.startswith(PHASE_TAG)]
+        phase = (named[0] if named and _PHASE_NAME.fullmatch(named[0]) else
+                 'imports' if {'parameters', 'injected-parameters'} & set(tags) else 'cells')
         out[phase] = out.get(phase, 0.0) + (c['metadata']['papermill'].get('duration') or 0.0)
     return out
 
@@ -566,10 +568,21 @@ def run_phases(run_dir, notebook_wall_s=None) -> dict:
     ph, inner = cell_phases(d/'run.ipynb'), (_read(d/'timings.json') or {}).get('seconds')
     if 'run' in ph:   # a timings.json of another shape (an edited template) only loses the split
         inner = inner if isinstance(inner, dict) else {}
-        r, inner = ph.pop('run'), {k: float(v) for k, v in inner.items() if k in PHASES and _is_number(v)}
+        r = ph.pop('run')
+        inner = {k: float(v) for k, v in inner.items() if isinstance(k, str) and _PHASE_NAME.fullmatch(k)
+                 and k not in PHASES and k not in ph and _is_number(v) and v >= 0}
         ph.update(inner); ph['run_other'] = max(0.0, r - sum(inner.values()))
     if notebook_wall_s and ph: ph['papermill'] = max(0.0, notebook_wall_s - sum(ph.values()))
-    return {k: round(ph[k], 3) for k in PHASES if k in ph}
+    head = ('kernel_start', 'imports')   # in the order time passes: start, imports, the run's phases, the rest
+    return {k: round(ph[k], 3) for k in (*head, *[k for k in ph if k not in PHASES], *[k for k in PHASES if k not in head])
+            if k in ph}
+
+def phase_label(name:str, experiment:str=None) -> str:
+    "How the summary names a phase: the engine's label, the experiment's (`Experiment.phases`), else the name itself."
+    if name in PHASES: return PHASES[name]
+    from contrastive_ablations.plans import PlanError, find_experiment
+    try: return find_experiment(experiment).phases.get(name, name.replace('_', ' ')) if experiment else name.replace('_', ' ')
+    except PlanError: return name.replace('_', ' ')
 
 def time_profile(infos) -> list:
     "Closing-summary lines: per experiment, the seconds and share of each phase, summed over its runs."
@@ -578,9 +591,10 @@ def time_profile(infos) -> list:
         if i.get('phases'): by.setdefault(i.get('experiment') or '?', []).append(i['phases'])
     lines = []
     for exp, rows in sorted(by.items()):
-        tot = {k: sum(r.get(k, 0.0) for r in rows) for k in PHASES}
+        names = dict.fromkeys(k for r in rows for k in r if _is_number(r[k]))   # in the order the runs recorded them
+        tot = {k: sum(r.get(k, 0.0) for r in rows if _is_number(r.get(k, 0.0))) for k in names}
         all_s = sum(tot.values()) or 1.0
-        parts = ', '.join(f'{PHASES[k]} {v:.1f} s ({100 * v / all_s:.0f}%)' for k, v in tot.items() if v >= 0.05)
+        parts = ', '.join(f'{phase_label(k, exp)} {v:.1f} s ({100 * v / all_s:.0f}%)' for k, v in tot.items() if v >= 0.05)
         lines.append(f'time of {exp} ({len(rows)} run(s), {all_s:.1f} s): {parts}')
     return lines
 

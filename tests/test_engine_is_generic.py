@@ -73,3 +73,33 @@ def test_engine_names_no_method():
         problems += [f'{m}.py:{line}: {words[w]} {w!r} in {tok!r}' for line, w, tok in names_in(src, words)]
         problems += [f'{m}.py imports the method module {x!r}' for x in sorted(imports_of(src) & modules)]
     assert not problems, 'the engine names a method:\n' + '\n'.join(problems)
+
+
+def test_templates_tag_every_cell_with_its_phase():
+    "Each experiment's template: one phase- tag on every code cell but the parameters cell, and one phase-run cell."
+    import json
+    from contrastive_ablations.sweep import PHASE_TAG
+    for e in EXPERIMENTS.values():
+        cells = [c for c in json.loads(e.notebook_path().read_text())['cells'] if c['cell_type'] == 'code']
+        tags = [[t for t in c['metadata'].get('tags', []) if t.startswith(PHASE_TAG)] for c in cells
+                if 'parameters' not in c['metadata'].get('tags', [])]
+        assert all(len(t) == 1 for t in tags), (e.name, tags)
+        assert sum(t == [PHASE_TAG + 'run'] for t in tags) == 1, (e.name, tags)
+
+
+def test_phases_come_from_the_tags_and_the_runs_own_report(tmp_path):
+    "A run's phases: the tagged cells' durations, the phase-run cell split by timings.json; a cell's code is never read."
+    import json
+    from contrastive_ablations.sweep import run_phases, time_profile
+    def cell(tags, s, src='print(1)'):
+        return {'cell_type': 'code', 'source': src, 'metadata': {'tags': tags, 'papermill': {'start_time': '2026-01-01T00:00:02', 'duration': s}}}
+    nb = {'metadata': {'papermill': {'start_time': '2026-01-01T00:00:00'}},
+          'cells': [{**cell([], 7.0), 'cell_type': 'markdown'}, cell(['parameters'], 0.5), cell(['phase-imports'], 3.0, 'metrics = run(params)'), cell(['phase-run'], 10.0),
+                    cell(['phase-figures'], 1.0, 'write_run_outputs()'), cell([], 0.25), cell(['phase-writing'], 0.5)]}
+    (tmp_path / 'run.ipynb').write_text(json.dumps(nb))
+    (tmp_path / 'timings.json').write_text(json.dumps({'seconds': {'data': 2.0, 'fid_auroc': 5.0, 'imports': 9.0, 'Bad key': 1.0, 'neg': -1}}))
+    ph = run_phases(tmp_path, notebook_wall_s=20.0)
+    assert ph == {'kernel_start': 2.0, 'imports': 3.5, 'data': 2.0, 'fid_auroc': 5.0, 'run_other': 3.0, 'figures': 1.0,
+                  'writing': 0.5, 'cells': 0.25, 'papermill': 2.75}, ph
+    line = time_profile([{'experiment': 'clel', 'phases': ph}])[0]
+    assert 'FID/AUROC 5.0 s' in line and 'data 2.0 s' in line and line.index('kernel start') < line.index('data'), line
