@@ -14,8 +14,8 @@ import numpy as np
 # should start in a fraction of a second, not the ~3 s that importing torch costs.
 
 # %% auto #0
-__all__ = ['PROFILES', 'PRECISIONS', 'RUN_STATUSES', 'ParameterError', 'Param', 'validate_params', 'same_value', 'check_profile',
-           'get_device', 'seed_everything', 'native_bf16', 'resolve_precision', 'autocast', 'timed',
+__all__ = ['PROFILES', 'PRECISIONS', 'RUN_STATUSES', 'ParameterError', 'Param', 'validate_params', 'same_value', 'run_identity',
+           'check_profile', 'get_device', 'seed_everything', 'native_bf16', 'resolve_precision', 'autocast', 'timed',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json', 'write_run_outputs',
            'metrics_problems', 'cache_dir', 'data_dir', 'in_notebook', 'package_root', 'LockedError', 'file_lock']
 
@@ -128,6 +128,12 @@ def same_value(a, b) -> bool:
     if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
     return a == b
+
+def run_identity(specs: dict[str, Param], # the experiment's parameter declarations
+                 params: dict,             # a run's complete parameters
+                ) -> dict:
+    "What a run computes: its parameters without the knobs declared `identity=False` (where and on what it executes)."
+    return {k: v for k, v in params.items() if k not in specs or specs[k].identity}
 
 def check_profile(profile: str) -> str:
     "Return `profile` if it is one of `PROFILES`, else raise `ParameterError`."

@@ -211,6 +211,7 @@ def identity_problem(rec: dict,         # a `read_run` record
                      entry: dict=None,  # the manifest's entry for the run, if any
                     ) -> str | None:
     "Why a run folder's params.json is not the run its folder name (and the manifest) says; None when they agree."
+    from contrastive_ablations.core import run_identity
     from contrastive_ablations.sweep import RUN_ID_RE, params_hash
     from contrastive_ablations.experiments import profile_recipe, recipe_hash
     p, path = rec.get('params') or {}, Path(rec['path'])
@@ -222,12 +223,12 @@ def identity_problem(rec: dict,         # a `read_run` record
                 f"{', '.join(f'{k}={want[k]!r}' for k in bad[:3])}: the folder does not hold the run the manifest lists")
     m = RUN_ID_RE.fullmatch(path.name)
     if m is None: return None   # a folder name without the sweep's identity hash (written by hand)
+    if experiment is None: return None   # which knobs are the run's identity is the experiment's to say
     recipes, forms = {None, rec.get('recipe')}, [p]
-    if experiment is not None:
-        try: forms.append(experiment.validate(p))   # the values as the sweep hashed them (1 -> 1.0 for a float knob)
-        except ValueError: pass
-        if p.get('profile') in experiment.profiles: recipes.add(recipe_hash(profile_recipe(experiment, p['profile'])))
-    if any(params_hash(f, r)[:8] == m.group(1) for f in forms for r in recipes): return None
+    try: forms.append(experiment.validate(p))   # the values as the sweep hashed them (1 -> 1.0 for a float knob)
+    except ValueError: pass
+    if p.get('profile') in experiment.profiles: recipes.add(recipe_hash(profile_recipe(experiment, p['profile'])))
+    if any(params_hash(run_identity(experiment.knobs, f), r)[:8] == m.group(1) for f in forms for r in recipes): return None
     return (f"{path/'params.json'}: its parameters do not give the identity hash {m.group(1)} of the folder's name: "
             "the folder does not hold the run its name says")
 

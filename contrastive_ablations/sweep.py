@@ -17,20 +17,19 @@ from .safeio import check_writable, disk_error
 # through them the experiments and torch) would add seconds to every worker start. `core` is light.
 
 # %% auto #0
-__all__ = ['HASH_EXCLUDE', 'FINISHED_STATUSES', 'RUN_ID_RE', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'PHASES', 'PHASE_TAG',
-           'PRIOR_S', 'RUN_LIMIT_FACTOR', 'RUN_LIMIT_MIN_S', 'SLURM_ENDED', 'SLURM_WHY', 'MAX_WORKERS', 'RunSpec',
-           'params_hash', 'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch',
-           'run_state', 'kernel_env', 'move_aside', 'execute_run', 'notebook_timing', 'has_parameters_cell',
-           'SweepLockedError', 'StudyLock', 'library_versions', 'git_info', 'run_provenance', 'run_record',
-           'detect_gpus', 'machine_info', 'write_manifest', 'Progress', 'HTMLProgress', 'make_progress', 'cell_phases',
-           'run_phases', 'phase_label', 'time_profile', 'estimate_seconds', 'run_limits', 'fork_server_needs',
-           'run_local', 'run_submitit', 'slurm_partitions', 'slurm_check', 'slurm_parameters', 'sbatch_script',
-           'SlurmTimeLimit', 'slurm_job', 'slurm_states', 'record_job_failure', 'run_slurm', 'check_notebook',
-           'default_workers', 'SweepResult', 'overhead_summary', 'dry_run_table', 'sweep', 'SweepStoppedError',
-           'summary', 'target_seeds', 'plans_for_target', 'sweep_parser', 'cli_sweep']
+__all__ = ['FINISHED_STATUSES', 'RUN_ID_RE', 'OUTPUT_FILES', 'PARTIAL', 'LIBRARIES', 'PHASES', 'PHASE_TAG', 'PRIOR_S',
+           'RUN_LIMIT_FACTOR', 'RUN_LIMIT_MIN_S', 'SLURM_ENDED', 'SLURM_WHY', 'MAX_WORKERS', 'RunSpec', 'params_hash',
+           'make_run_id', 'expand_runs', 'share_identical_runs', 'link_shared_runs', 'params_mismatch', 'run_state',
+           'kernel_env', 'move_aside', 'execute_run', 'notebook_timing', 'has_parameters_cell', 'SweepLockedError',
+           'StudyLock', 'library_versions', 'git_info', 'run_provenance', 'run_record', 'detect_gpus', 'machine_info',
+           'write_manifest', 'Progress', 'HTMLProgress', 'make_progress', 'cell_phases', 'run_phases', 'phase_label',
+           'time_profile', 'estimate_seconds', 'run_limits', 'fork_server_needs', 'run_local', 'run_submitit',
+           'slurm_partitions', 'slurm_check', 'slurm_parameters', 'sbatch_script', 'SlurmTimeLimit', 'slurm_job',
+           'slurm_states', 'record_job_failure', 'run_slurm', 'check_notebook', 'default_workers', 'SweepResult',
+           'overhead_summary', 'dry_run_table', 'sweep', 'SweepStoppedError', 'summary', 'target_seeds',
+           'plans_for_target', 'sweep_parser', 'cli_sweep']
 
 # %% ../nbs/31_sweep.ipynb #3dd3fee9
-HASH_EXCLUDE = ('out_dir', 'device')   # where and on what a run executes, not what it computes
 FINISHED_STATUSES = ('ok', 'diverged')  # metrics.json statuses that count as a result
 
 @dataclass
@@ -57,17 +56,17 @@ def _slug(s: str) -> str:
     s = re.sub(r'[^A-Za-z0-9._=+-]+', '-', s.replace("'", '')).strip('-').lstrip('._-')
     return s or 'run'
 
-def params_hash(full_params:dict, # complete parameters (out_dir and device are left out)
+def params_hash(identity:dict,     # what the run computes: its complete parameters without the identity=False knobs (`core.run_identity`)
                 recipe:str=None,  # hash of the recipe the profile resolves to (None: runs written before recipes were recorded)
                ) -> str:
-    "SHA-256 (hex) of the complete parameters without out_dir/device, and of the recipe."
-    key = {k: v for k, v in sorted(full_params.items()) if k not in HASH_EXCLUDE}
+    "SHA-256 (hex) of a run's identity and its recipe."
+    key = dict(sorted(identity.items()))
     if recipe is not None: key['__recipe__'] = recipe
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
-def make_run_id(label:str, seed:int, full_params:dict, recipe:str=None) -> str:
-    "Readable part + 8 hex digits of the hash of the complete parameters (without out_dir/device) and the recipe."
-    return f'{_slug(label)[:80]}_seed={seed}-{params_hash(full_params, recipe)[:8]}'   # the hash keeps a cut label unique
+def make_run_id(label:str, seed:int, identity:dict, recipe:str=None) -> str:
+    "Readable part + 8 hex digits of the hash of the run's identity (`core.run_identity`) and recipe."
+    return f'{_slug(label)[:80]}_seed={seed}-{params_hash(identity, recipe)[:8]}'   # the hash keeps a cut label unique
 
 RUN_ID_RE = re.compile(r'.+_seed=\d+-([0-9a-f]{8})')   # a folder name the sweep made; group 1: its identity hash
 
@@ -76,7 +75,7 @@ def expand_runs(plans,          # validated `Plan`s
                 out,            # sweep output directory (runs/)
                ) -> list:
     "Every run of `plans` as `RunSpec`s, in plan order: for each grid point, each seed."
-    from contrastive_ablations.core import validate_params
+    from contrastive_ablations.core import run_identity, validate_params
     from contrastive_ablations.experiments import profile_recipe, recipe_hash
     from contrastive_ablations.plans import PlanError
     out, runs, dirs = Path(out).resolve(), [], {}
@@ -87,8 +86,8 @@ def expand_runs(plans,          # validated `Plan`s
         for role, label, params in plan.grid():
             for seed in plan.seeds:
                 injected = {**params, 'seed': seed, 'profile': profile}
-                full = validate_params(specs, injected, where=f'{plan.source}: ')
-                rid = make_run_id(label, seed, full, recipe)
+                identity = run_identity(specs, validate_params(specs, injected, where=f'{plan.source}: '))
+                rid = make_run_id(label, seed, identity, recipe)
                 run_dir = out/plan.study/rid
                 if run_dir in dirs:   # same label and parameters twice: a study listed twice, or a repeated baseline
                     other, other_label = dirs[run_dir]
@@ -98,8 +97,8 @@ def expand_runs(plans,          # validated `Plan`s
                 dirs[run_dir] = (i_plan, label)
                 value = params.get(plan.parameter) if role != 'baseline' else label
                 runs.append(RunSpec(plan.study, rid, role, label, plan.parameter, value, seed, nb,
-                                    {**injected, 'out_dir': str(run_dir)}, str(run_dir), f'{nb}:{params_hash(full, recipe)}',
-                                    recipe=recipe, identity={k: v for k, v in full.items() if k not in HASH_EXCLUDE}))
+                                    {**injected, 'out_dir': str(run_dir)}, str(run_dir), f'{nb}:{params_hash(identity, recipe)}',
+                                    recipe=recipe, identity=identity))
     return share_identical_runs(runs)
 
 # %% ../nbs/31_sweep.ipynb #59c43015
