@@ -9,6 +9,7 @@ iterations). Never needed by CI.
 
     python benchmarks/gpu_check.py                      # CUDA, paper sizes (a few minutes on one GPU)
     python benchmarks/gpu_check.py --device cpu --iters 1 --warmup 0 --batch 4 --sgld-steps 2   # a CPU smoke test
+    python benchmarks/gpu_check.py --device cpu --iters 1 --warmup 0 --batch 4 --sgld-steps 2 --small   # in seconds
     python benchmarks/gpu_check.py --out gpu_check.json # also write the results as JSON
 """
 import argparse, contextlib, copy, json, math, sys, time
@@ -21,6 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from contrastive_ablations.experiments import CLEL, ICKD
 from contrastive_ablations import clel, ickd
 from contrastive_ablations.networks import create_model
+
+
+# --small: the same code paths with small networks (a CPU check of the script in seconds; its timings are not the paper's)
+SMALL_ICKD = dict(teacher_arch='resnet20', student_arch='resnet20')
+SMALL_CLEL = dict(ebm_arch='small', encoder_arch='small', ebm_widths=(8, 16), ebm_head_hidden=16, ebm_proj_hidden=16, latent_dim=16)
 
 
 def _sync(device):
@@ -65,6 +71,7 @@ def _ickd_setup(device, a):
     p = ICKD.validate({'profile': 'paper', 'dataset': 'cifar100', 'device': str(device)})
     cfg = ickd.profile_config('paper', 'cifar100')
     if a.batch: cfg = replace(cfg, batch_size=a.batch)
+    if a.small: cfg = replace(cfg, **SMALL_ICKD)
     torch.manual_seed(0)
     return p, cfg
 
@@ -74,7 +81,7 @@ def _clel_setup(device, a, sgld_steps=None):
     p = CLEL.validate({'profile': 'paper', 'dataset': 'cifar10', 'device': str(device)})
     cfg = clel.profile_config('paper', 'cifar10')
     over = {k: v for k, v in (('batch_size', a.batch), ('sgld_steps', sgld_steps)) if v}
-    cfg = replace(cfg, **over)
+    cfg = replace(cfg, **over, **(SMALL_CLEL if a.small else {}))
     torch.manual_seed(0)
     return p, cfg
 
@@ -168,6 +175,7 @@ def main(argv=None):
     ap.add_argument('--sgld-steps', type=int, default=None, help='override CLEL SGLD steps (CPU smoke test)')
     ap.add_argument('--tolerance', type=float, default=0.05, help='largest relative fp32/bf16 loss difference accepted')
     ap.add_argument('--only', choices=('ickd', 'clel'), default=None)
+    ap.add_argument('--small', action='store_true', help="small networks (CPU check of the script; timings are not the paper's)")
     ap.add_argument('--out', default=None, help='write the results as JSON here')
     a = ap.parse_args(argv)
     device = torch.device(a.device)
@@ -175,7 +183,8 @@ def main(argv=None):
         if not torch.cuda.is_available(): raise SystemExit('CUDA is not available; use --device cpu for the smoke test')
         torch.backends.cudnn.benchmark = True
     report = dict(device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu', iters=a.iters,
-                  warmup=a.warmup, torch=torch.__version__)
+                  warmup=a.warmup, torch=torch.__version__, small_networks=a.small)
+    if a.small: print('small networks (--small): the timings below are not those of the paper networks')
     for name, run, agree in (('ickd', ickd_check, ickd_loss_agreement), ('clel', clel_check, clel_loss_agreement)):
         if a.only and a.only != name: continue
         r = {prec: run(device, prec == 'bf16', a) for prec in ('fp32', 'bf16')}

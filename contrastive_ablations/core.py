@@ -14,10 +14,11 @@ import numpy as np
 # should start in a fraction of a second, not the ~3 s that importing torch costs.
 
 # %% auto #0
-__all__ = ['PROFILES', 'PRECISIONS', 'RUN_STATUSES', 'ParameterError', 'Param', 'validate_params', 'same_value', 'run_identity',
-           'check_profile', 'get_device', 'seed_everything', 'native_bf16', 'resolve_precision', 'autocast', 'timed',
-           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'read_json', 'write_run_outputs',
-           'metrics_problems', 'cache_dir', 'data_dir', 'in_notebook', 'package_root', 'LockedError', 'file_lock']
+__all__ = ['PROFILES', 'PARAMETERS_TAG', 'PRECISIONS', 'RUN_STATUSES', 'ParameterError', 'Param', 'validate_params', 'same_value',
+           'parameters_cells', 'run_identity', 'check_profile', 'get_device', 'seed_everything', 'native_bf16',
+           'resolve_precision', 'autocast', 'timed', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
+           'read_json', 'write_run_outputs', 'metrics_problems', 'cache_dir', 'data_dir', 'in_notebook', 'package_root',
+           'LockedError', 'file_lock']
 
 # %% ../nbs/00_core.ipynb #83e6f34c
 PROFILES = ('smoke', 'quick', 'paper')  # scale profiles: seconds, a laptop CPU, the papers' recipes on a GPU
@@ -128,6 +129,12 @@ def same_value(a, b) -> bool:
     if isinstance(a, (int, float, np.number)) and isinstance(b, (int, float, np.number)):
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
     return a == b
+
+PARAMETERS_TAG = 'parameters'   # papermill's tag: it injects a run's values in a cell after the one tagged so
+
+def parameters_cells(cells: list) -> list[int]:
+    "Indices of a notebook's cells tagged 'parameters' (the suite's one finder of them)."
+    return [i for i, c in enumerate(cells) if isinstance(c, dict) and PARAMETERS_TAG in ((c.get('metadata') or {}).get('tags') or [])]
 
 def run_identity(specs: dict[str, Param], # the experiment's parameter declarations
                  params: dict,             # a run's complete parameters

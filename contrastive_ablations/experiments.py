@@ -413,10 +413,11 @@ def parameters_cell(exp: Experiment) -> str:
 
 # %% ../nbs/04_experiments.ipynb #fc22a6f0
 def _parameters_source(path) -> str:
-    from contrastive_ablations.core import read_json
-    cells = [c for c in read_json(path)['cells'] if 'parameters' in c.get('metadata', {}).get('tags', [])]
-    if len(cells) != 1: raise ValueError(f"{path}: expected one cell tagged 'parameters', found {len(cells)}")
-    src = cells[0]['source']
+    from contrastive_ablations.core import parameters_cells, read_json
+    cells = read_json(path)['cells']
+    idx = parameters_cells(cells)
+    if len(idx) != 1: raise ValueError(f"{path}: expected one cell tagged 'parameters', found {len(idx)}")
+    src = cells[idx[0]]['source']
     return src if isinstance(src, str) else ''.join(src)
 
 def template_problems(exp: Experiment, path=None) -> list:
@@ -435,11 +436,11 @@ def template_problems(exp: Experiment, path=None) -> list:
 
 def write_parameters_cell(exp: Experiment, path=None) -> Path:
     "Rewrite the template's parameters cell from the declarations (after a knob was added or changed)."
-    from contrastive_ablations.core import atomic_write_text, read_json
+    from contrastive_ablations.core import atomic_write_text, parameters_cells, read_json
     path = Path(path or exp.notebook_path())
     _parameters_source(path)   # exactly one tagged cell
     nb = read_json(path)
-    cell = next(c for c in nb['cells'] if 'parameters' in c.get('metadata', {}).get('tags', []))
+    cell = nb['cells'][parameters_cells(nb['cells'])[0]]
     lines = parameters_cell(exp).split('\n')
     cell['source'] = [l + '\n' for l in lines[:-1]] + lines[-1:]
     atomic_write_text(path, json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + '\n')

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json, os, select, signal, socket, sys, tempfile, threading, time
 
 # %% auto #0
-__all__ = ['SOCKET_ENV', 'DISABLE_ENV', 'KERNEL_PRELOAD', 'THREAD_VARS', 'SERVERS', 'wait_for_exit', 'serve', 'launch',
-           'stop_fork_servers', 'start_fork_server', 'fork_kernel_manager']
+__all__ = ['SOCKET_ENV', 'DISABLE_ENV', 'KERNEL_PRELOAD', 'THREAD_VARS', 'SERVERS', 'thread_env', 'wait_for_exit', 'serve',
+           'launch', 'stop_fork_servers', 'start_fork_server', 'fork_kernel_manager']
 
 # %% ../nbs/33_forkserver.ipynb #f004a1b2
 SOCKET_ENV = 'CONTRASTIVE_ABLATIONS_FORK_SERVER'   # the socket of this process's fork server (set by `start_fork_server`)
@@ -16,7 +16,11 @@ DISABLE_ENV = 'CONTRASTIVE_ABLATIONS_FORK_KERNELS'  # '0' starts every kernel th
 
 def _switched_off() -> bool: return os.environ.get(DISABLE_ENV, '1') == '0'
 KERNEL_PRELOAD = ('ipykernel.kernelapp',)   # what every kernel imports; the experiments add their own modules
-THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')   # what torch's OpenMP and MKL read; the server keeps them at 1
+THREAD_VARS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')   # what OpenMP (torch), MKL and OpenBLAS read at load
+
+def thread_env(threads: int) -> dict:
+    "The environment that gives a new process `threads` intra-op threads (the suite's one way of setting them)."
+    return dict.fromkeys(THREAD_VARS, str(int(threads)))
 
 def _threads_of(env: dict) -> int:
     "The intra-op thread count a kernel with environment `env` gets: OMP_NUM_THREADS, else every CPU it may use."
@@ -26,7 +30,7 @@ def _threads_of(env: dict) -> int:
 
 def _single_threaded():
     "Run this process on one OpenMP/MKL thread (before torch's first parallel region): nothing to lose in a fork."
-    for k in THREAD_VARS: os.environ[k] = '1'   # torch and its OpenMP read these when they load
+    os.environ.update(thread_env(1))   # torch and its OpenMP read these when they load
     if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(1)   # already loaded: tell it directly
 
 # %% ../nbs/33_forkserver.ipynb #f006a1b2
@@ -136,7 +140,7 @@ def start_fork_server(env: dict | None = None,  # environment of the server's im
         except Exception: pass
     what = json.dumps({'preload': list(preload), 'warm': [list(w) for w in warm]})
     proc = subprocess.Popen([sys.executable, '-m', 'contrastive_ablations.forkserver', 'serve', path, what],
-                            env={**os.environ, **(env or {}), **dict.fromkeys(THREAD_VARS, '1')}, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
+                            env={**os.environ, **(env or {}), **thread_env(1)}, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
     atexit.register(shutil.rmtree, folder, True)   # runs after the kill below (last registered, first run)
     atexit.register(proc.kill)
     t0 = time.monotonic()

@@ -15,9 +15,9 @@ from .safeio import InputFileError, LimitedLoader, check_name, check_plain_data,
 
 # %% auto #0
 __all__ = ['DEFAULT_SEEDS', 'SWEEP_OWNED', 'REQUIRED_FIELDS', 'OPTIONAL_FIELDS', 'MAX_SEEDS', 'MAX_SEED', 'PlanError',
-           'register_experiment', 'find_experiment', 'Plan', 'validate_plan', 'PlanLoader', 'check_text',
-           'plan_from_dict', 'read_yaml_plan', 'fix_mojibake', 'all_parts', 'canonical_metric', 'find_part',
-           'part_value', 'parse_markdown_sections', 'read_markdown_plan', 'read_plan_file', 'load_plans']
+           'register_experiment', 'experiment_named', 'find_experiment', 'Plan', 'validate_plan', 'PlanLoader',
+           'check_text', 'plan_from_dict', 'read_yaml_plan', 'fix_mojibake', 'all_parts', 'canonical_metric',
+           'find_part', 'part_value', 'parse_markdown_sections', 'read_markdown_plan', 'read_plan_file', 'load_plans']
 
 # %% ../nbs/30_plans.ipynb #5c2b6e33
 class PlanError(ValueError):
@@ -37,10 +37,18 @@ def register_experiment(name:str,          # short name; a plan's `notebook` may
     EXPERIMENTS[name] = exp = Experiment(name, str(notebook), name, knobs, metrics=tuple(metrics), families=families)
     return exp
 
-def find_experiment(notebook:str, file='<plan>') -> Experiment:
-    "The registered experiment a plan's `notebook` names (by name, path or file stem)."
-    for exp in EXPERIMENTS.values():
+def experiment_named(notebook:str,     # a plan's `notebook`: an experiment's name, its template's path or file stem
+                     experiments=None, # name -> Experiment (default: the registered ones)
+                    ) -> Experiment | None:
+    "The experiment a plan's `notebook` names, else None (the suite's one lookup of it)."
+    for exp in (EXPERIMENTS if experiments is None else experiments).values():
         if notebook in (exp.name, exp.notebook) or Path(notebook).stem == Path(exp.notebook).stem: return exp
+    return None
+
+def find_experiment(notebook:str, file='<plan>') -> Experiment:
+    "The registered experiment a plan's `notebook` names; a `PlanError` lists the known ones."
+    exp = experiment_named(notebook)
+    if exp is not None: return exp
     known = ', '.join(f'{e.name} ({e.notebook})' for e in EXPERIMENTS.values())
     raise PlanError(file, 'notebook', f'{notebook!r} is not a registered experiment notebook; known: {known}. '
                     'A plan can only run registered experiments.')

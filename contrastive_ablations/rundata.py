@@ -137,11 +137,9 @@ def _experiments():
 
 def experiment_of(plan: dict, experiments=None):
     "The declared experiment a plan's `notebook` names (by name, template path or file stem), else None."
+    from contrastive_ablations.plans import experiment_named
     nb = plan.get('notebook')
-    if not isinstance(nb, str): return None
-    for e in (_experiments() if experiments is None else experiments).values():
-        if nb in (e.name, e.notebook) or Path(nb).stem == Path(e.notebook).stem: return e
-    return None
+    return experiment_named(nb, _experiments() if experiments is None else experiments) if isinstance(nb, str) else None
 
 def metric_decl(experiment, name: str):
     "The experiment's declaration of metric `name`, else a plain one (label from the name, no unit or range)."

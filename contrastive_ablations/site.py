@@ -76,10 +76,11 @@ def execute_notebook(src,                  # notebook to run
                     ) -> dict:
     "Run a notebook in this process and save it with outputs; returns timing and errors."
     from execnb.nbio import read_nb, write_nb
+    from contrastive_ablations.core import parameters_cells
     src, dst = Path(src).resolve(), Path(dst).resolve()
     nb = read_nb(src)
     if inject is not None:
-        idx = [i for i, c in enumerate(nb.cells) if 'parameters' in (c.get('metadata', {}).get('tags') or [])]
+        idx = parameters_cells(nb.cells)
         if not idx: raise ValueError(f"parameter 'inject': {src.name} has no cell tagged 'parameters'")
         nb.cells[idx[0]].source = inject
     errors, skipped, t0 = [], 0, time.time()
@@ -531,7 +532,9 @@ def _execute_all(root, nbs, runs_dir, cache, report, say, execute_lessons, lesso
     from concurrent.futures import ThreadPoolExecutor
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep),
                CONTRASTIVE_ABLATIONS_RUNS=str(runs_dir))
-    if workers > 1: env.setdefault('OMP_NUM_THREADS', '1')   # one torch thread per notebook, or they oversubscribe the cores
+    if workers > 1:   # one torch thread per notebook, or they oversubscribe the cores
+        from contrastive_ablations.forkserver import thread_env
+        for k, v in thread_env(1).items(): env.setdefault(k, v)
     pats = [lessons] if isinstance(lessons, str) else list(lessons or ['*.ipynb'])
     chosen = sorted({p for pat in pats for p in nbs.glob(pat) if p.parent == nbs and p.suffix == '.ipynb'})
     if lessons and not chosen: raise ValueError(f"parameter 'lessons' = {lessons!r} matches no notebook in nbs/")

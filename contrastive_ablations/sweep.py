@@ -176,7 +176,8 @@ def kernel_env(threads:int=None, gpu:str=None) -> dict:
     env = {'MPLBACKEND': 'module://matplotlib_inline.backend_inline', 'CONTRASTIVE_ABLATIONS_PROGRESS': 'plain', 'TQDM_MININTERVAL': '10',
            'PYTHONUNBUFFERED': '1'}
     if threads:
-        for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'): env[k] = str(threads)
+        from contrastive_ablations.forkserver import thread_env
+        env.update(thread_env(threads))
     if gpu is not None: env['CUDA_VISIBLE_DEVICES'] = str(gpu)
     # the kernel imports the same contrastive_ablations as this sweep, even where it is not installed
     pkg_parent = str(package_root())
@@ -345,9 +346,10 @@ def notebook_timing(path) -> dict:
 # %% ../nbs/31_sweep.ipynb #c095500c
 def has_parameters_cell(notebook) -> bool:
     "Whether `notebook` has a cell tagged 'parameters' (where papermill injects values)."
+    from contrastive_ablations.core import parameters_cells
     nb = _read(notebook)
     if nb is None or not isinstance(nb.get('cells'), list): return False
-    return any(isinstance(c, dict) and 'parameters' in (c.get('metadata') or {}).get('tags', []) for c in nb['cells'])
+    return bool(parameters_cells(nb['cells']))
 
 # %% ../nbs/31_sweep.ipynb #82cb8ef3
 class SweepLockedError(RuntimeError):
@@ -681,10 +683,9 @@ def _worker_init(gpu_queue, threads, needs=((), ())):
     signal.signal(signal.SIGTERM, _worker_exit)
     gpu = gpu_queue.get() if gpu_queue is not None else None
     if gpu is not None: os.environ['CUDA_VISIBLE_DEVICES'] = str(gpu)
-    if threads:
-        for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[k] = str(threads)
+    from contrastive_ablations.forkserver import start_fork_server, thread_env
+    if threads: os.environ.update(thread_env(threads))
     # kernels forked from a preloaded process: a run's kernel starts without importing torch again (forkserver)
-    from contrastive_ablations.forkserver import start_fork_server
     start_fork_server(kernel_env(threads, gpu), *needs)
 
 def _failed(spec, e) -> dict:

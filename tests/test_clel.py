@@ -253,13 +253,14 @@ def test_deviations_table_covers_every_departure(monkeypatch):
 
 @pytest.mark.slow
 def test_gpu_check_cpu_path(tmp_path):
-    "benchmarks/gpu_check.py on the CPU at toy sizes: every number is reported and both losses agree across precisions."
+    "benchmarks/gpu_check.py on the CPU with small networks (the paper's are checked above, in fp32): every number is reported and both losses agree across precisions."
     out = tmp_path / 'gpu_check.json'
     r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'gpu_check.py'), '--device', 'cpu', '--iters', '1',
-                        '--warmup', '0', '--batch', '4', '--sgld-steps', '2', '--out', str(out)],
+                        '--warmup', '0', '--batch', '4', '--sgld-steps', '2', '--small', '--out', str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads(out.read_text())
+    assert rep['small_networks'] is True
     for name, roles in (('ickd', ('teacher', 'student')), ('clel', (None,))):
         assert rep[name]['loss_agrees'], rep[name]
         for prec in ('fp32', 'bf16'):
