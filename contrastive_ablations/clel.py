@@ -38,7 +38,7 @@ class CLELConfig:
     ebm_widths: tuple = (16, 32, 64, 64)  # small EBM stage widths
     ebm_head_hidden: int = 128         # small EBM head hidden width (base: 2048)
     ebm_proj_hidden: int = 128         # small EBM g hidden width (base: 2048)
-    ebm_init_std: float = 0.1          # N(0, std) init of the EBM's linear layers (official: 0.01; see the note above)
+    ebm_init_std: float = 0.1          # N(0, std) init of the EBM's linear layers (official: 0.01; lesson 23_clel says why)
     ebm_conv_init: str = 'torch'       # EBM convolutions: 'torch' default or 'kaiming' (official: fan-in normal, zero bias)
     ebm_input_mean: tuple = (0.5,)     # the EBM standardises pixels, (x - mean)/std per channel; (0.5,), (0.5,) is 2x - 1
     ebm_input_std: tuple = (0.5,)      # (official: the CIFAR-10 mean and std)
@@ -64,7 +64,7 @@ class CLELConfig:
     ebm_warmup: int = 100              # linear warm-up iterations of the EBM's Adam
     encoder_lr: float | None = None    # None: the framework's recommended lr (SGD 0.03; MAE AdamW 1e-3)
     ema_halflife: float = 2000.0       # EMA half-life in images (official: 20 000 at 100k iterations)
-    ema_mode: str = 'decay'            # 'decay': from iteration 1, after the optimiser step; 'copy_warmup': official (see above)
+    ema_mode: str = 'decay'            # 'decay': from iteration 1, after the optimiser step; 'copy_warmup': official (lesson 23_clel)
     energy_limit: float = 1e4          # |mean energy| beyond this = diverged
     fid_n_samples: int = 1000          # generated images for FID
     fid_n_reference: int = 5000        # real test images for FID

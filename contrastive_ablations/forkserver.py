@@ -78,7 +78,7 @@ def serve(path: str,         # Unix socket to listen on
          ):
     "The fork server: import `preload`, load `warm`, then fork one kernel per request on `path` (runs until killed)."
     import importlib
-    _single_threaded()   # before any parallel region: no OpenMP pool exists at fork time (see above)
+    _single_threaded()   # before any parallel region: no OpenMP pool exists at fork time (a child could wait for it forever)
     for m in dict.fromkeys((*KERNEL_PRELOAD, *preload)):
         try: importlib.import_module(m)
         except Exception as e: print(f'fork server: preloading {m} failed: {e}', file=sys.stderr)

@@ -30,7 +30,7 @@ __all__ = ['CURVE_COLUMNS', 'ICKDConfig', 'profile_config', 'ema', 'loss_volatil
 # %% ../nbs/11_ickd.ipynb #7e1ca525
 @dataclass
 class ICKDConfig:
-    "Sizes and recipe of one profile (see the table above); the defaults are the `quick` recipe."
+    "Sizes and recipe of one profile (`experiments.ICKD_PROFILES`); the defaults are the `quick` recipe."
     dataset: str = 'fashion_mnist'
     teacher_arch: str = 'cnn_teacher'
     student_arch: str = 'cnn_student'

@@ -127,7 +127,7 @@ def intra_class_contrastive(q: Tensor,  # anchor embeddings [B, D] (normalised i
                             queue: tuple[Tensor, Tensor] | None = None,  # cached negatives ([M, D], labels [M]), detached here
                             mask: Tensor | None = None,  # anchors allowed by the gate [B] (bool); None = all
                             tau: float = 0.1,            # temperature (> 0)
-                            normalize: str = 'batch',    # 'batch' or 'selected' (see above)
+                            normalize: str = 'batch',    # divide by the batch size ('batch') or by the anchors used ('selected')
                            ) -> dict[str, Tensor]:
     "Intra-class InfoNCE: loss (scalar), per_anchor [B], used [B] bool, n_neg [B]."
     _check('tau', tau, 0, lo_open=True)

@@ -103,7 +103,7 @@ def expand_runs(plans,          # validated `Plan`s
 
 # %% ../nbs/31_sweep.ipynb #59c43015
 def share_identical_runs(runs:list) -> list:
-    "Let runs with identical parameters (e.g. the control of two studies) be computed once (see below)."
+    "Let runs with identical parameters (e.g. the control of two studies) be computed once: the others are aliases of the first."
     groups = {}
     for r in runs: groups.setdefault(r.key, []).append(r)
     for g in groups.values():
@@ -153,7 +153,7 @@ def _metrics_ok(m:dict) -> bool:
     return m.get('status') in FINISHED_STATUSES and not metrics_problems(m)
 
 def run_state(spec:RunSpec) -> str:
-    "'done' (finished, see the rules above), 'failed' (error.txt present) or 'todo'."
+    "'done' (metrics ok, run.ipynb, params.json as injected, run_info.json says done), 'failed' (error.txt present) or 'todo'."
     d = Path(spec.run_dir)
     if any(os.path.lexists(d/n) and not (d/n).is_file() for n in OUTPUT_FILES): return 'todo'   # a folder where a file belongs
     if (d/'error.txt').exists(): return 'failed'
