@@ -52,5 +52,9 @@ setuptools.setup(
     entry_points={
         'console_scripts': cfg.get('console_scripts', '').split(),
         'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d'],
+        # experiments are found through this group in every process (planner, run kernels, Slurm jobs, report, site);
+        # another package adds its own the same way
+        'contrastive_ablations.experiments': ['ickd = contrastive_ablations.experiments:ICKD',
+                                              'clel = contrastive_ablations.experiments:CLEL'],
     },
     **setup_cfg)

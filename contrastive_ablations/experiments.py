@@ -16,9 +16,9 @@ __all__ = ['FASHION_CLASSES', 'CIFAR10_CLASSES', 'CIFAR100_CLASSES', 'DIGIT_CLAS
            'NORMALIZE', 'VIEW_AUGS', 'ARCHS', 'ICKD_KNOBS', 'ICKD_PROFILES', 'ICKD_ROLES', 'WALL_TIME', 'ICKD_METRICS',
            'ICKD_BASELINES', 'FASHION', 'ICKD', 'FRAMEWORKS', 'CLEL_FRAMEWORKS', 'BUFFER_AUGMENTS', 'ENCODER_AUGMENTS',
            'EMA_MODES', 'BETA_VIEWS', 'CLEL_KNOBS', 'CIFAR10_MEAN', 'CIFAR10_STD', 'CLEL_PROFILES', 'OOD_PLANS',
-           'OOD_LABELS', 'CLEL_METRICS', 'CLEL', 'EXPERIMENTS', 'METRIC_ALIASES', 'DatasetInfo', 'Metric', 'Baseline',
-           'Part', 'Experiment', 'recipe_defaults', 'profile_recipe', 'recipe_hash', 'check_injected',
-           'parameters_cell', 'template_problems', 'write_parameters_cell']
+           'OOD_LABELS', 'CLEL_METRICS', 'CLEL', 'ENTRY_POINTS', 'EXPERIMENTS', 'METRIC_ALIASES', 'DatasetInfo',
+           'Metric', 'Baseline', 'Part', 'Experiment', 'discover_experiments', 'recipe_defaults', 'profile_recipe',
+           'recipe_hash', 'check_injected', 'parameters_cell', 'template_problems', 'write_parameters_cell']
 
 # %% ../nbs/04_experiments.ipynb #0ae1ccf0
 FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
@@ -113,6 +113,7 @@ class Experiment:
     pairing: str = ''         # what a seed sets and what runs with the same seed share (the report says it)
     cost_factors: dict = field(default_factory=dict)  # knob -> times longer a run takes when the knob is true (estimates)
     phases: dict = field(default_factory=dict)        # phase its runs report in timings.json -> label, where not the name
+    metric_aliases: dict = field(default_factory=dict) # how an ablation plan may name a metric family -> the family
 
     def __post_init__(self):
         for p in self.parts: p.experiment = self.name
@@ -236,6 +237,9 @@ ICKD = Experiment(
     preload=('torch._dynamo', 'matplotlib', 'contrastive_ablations.ickd'),   # torch._dynamo: the first optimiser imports it
     warm=(('fashion_mnist', 'train'), ('fashion_mnist', 'test')),
     cost_factors={'with_controls': 3},   # two more teachers and students
+    metric_aliases={'top-1 accuracy': 'top1', 'top1 accuracy': 'top1', 'top-1': 'top1', 'top1': 'top1', 'accuracy': 'top1',
+                    'training stability': 'stability', 'stability': 'stability', 'loss volatility': 'stability',
+                    'convergence speed': 'convergence', 'convergence': 'convergence'},
     # checked in the code of 11_ickd (and by tests/test_stats.py for δ and λ)
     pairing=('A seed sets the training subset (profiles that train on part of the data), the order of the batches, the '
              "teacher's initial weights (seed) and the student's (seed + 1), and the generators of the random crops and "
@@ -338,6 +342,8 @@ CLEL = Experiment(
     preload=('torch._dynamo', 'matplotlib', 'contrastive_ablations.clel', 'contrastive_ablations.clel_metrics'),
     warm=(('fashion_mnist', 'train'), ('fashion_mnist', 'test'), ('digits', 'test')),
     phases={'fid_auroc': 'FID/AUROC'},
+    metric_aliases={'fid': 'fid', 'frechet inception distance': 'fid', 'fréchet inception distance': 'fid',
+                    'auroc': 'auroc', 'ood auroc': 'auroc', 'ood detection': 'auroc'},
     # checked in the code of 23_clel
     pairing=('A seed sets the training subset, the order of the batches, the initial weights of the energy model (built '
              'before the encoder, so the same for every framework whose energy model has the same shape) and of the '
@@ -348,13 +354,33 @@ CLEL = Experiment(
              '(framework none) no views are drawn, so its SGLD noise differs from the first step on.'))
 
 # %% ../nbs/04_experiments.ipynb #bc2c94f5
-EXPERIMENTS = {'ickd': ICKD, 'clel': CLEL}
+ENTRY_POINTS = 'contrastive_ablations.experiments'   # the entry-point group in which a package declares its experiments
 
-METRIC_ALIASES = {'top-1 accuracy': 'top1', 'top1 accuracy': 'top1', 'top-1': 'top1', 'top1': 'top1', 'accuracy': 'top1',
-                  'training stability': 'stability', 'stability': 'stability', 'loss volatility': 'stability',
-                  'convergence speed': 'convergence', 'convergence': 'convergence',
-                  'fid': 'fid', 'frechet inception distance': 'fid', 'fréchet inception distance': 'fid',
-                  'auroc': 'auroc', 'ood auroc': 'auroc', 'ood detection': 'auroc'}
+def _looks_like_experiment(x) -> bool:   # by shape: a lesson's own `Experiment` class is not the package's
+    return all(hasattr(x, a) for a in ('name', 'notebook', 'knobs', 'parts', 'validate', 'notebook_path'))
+
+def discover_experiments(builtin: tuple = (),   # experiments defined here (found even where the package is not installed)
+                        ) -> dict:
+    "name -> Experiment: `builtin`, then every experiment an installed package declares in the entry-point group `ENTRY_POINTS`."
+    import logging
+    from importlib.metadata import entry_points
+    log, found = logging.getLogger(__name__), {e.name: e for e in builtin}
+    for ep in entry_points(group=ENTRY_POINTS):
+        try: exp = ep.load()
+        except Exception as err:   # a broken plugin is reported, and the suite goes on without it
+            log.warning(f'experiment {ep.name!r} ({ep.value}) could not be loaded: {type(err).__name__}: {err}'); continue
+        if not _looks_like_experiment(exp):
+            log.warning(f'entry point {ep.name!r} ({ep.value}) is a {type(exp).__name__}, not an experiments.Experiment: left out')
+        elif exp.name != ep.name:
+            log.warning(f'entry point {ep.name!r} ({ep.value}) names the experiment {exp.name!r}: left out (give both one name)')
+        elif exp.name in found and found[exp.name].notebook != exp.notebook:
+            log.warning(f'two experiments are named {exp.name!r} ({found[exp.name].notebook}, {exp.notebook}): the second is left out')
+        else: found.setdefault(exp.name, exp)
+    return found
+
+EXPERIMENTS = discover_experiments((ICKD, CLEL))   # this package declares ICKD and CLEL in its own setup.py as well
+
+METRIC_ALIASES = {alias: family for e in EXPERIMENTS.values() for alias, family in e.metric_aliases.items()}
 
 # %% ../nbs/04_experiments.ipynb #b7e0c002
 import hashlib, importlib.util
