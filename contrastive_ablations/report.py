@@ -18,9 +18,10 @@ from .seedstats import (ALPHA, INTERVAL_METHOD, MAX_SEEDS_NEEDED, POWER, compare
 __all__ = ['PROFILE_NOTES', 'PROFILE_TAGS', 'headline_metrics', 'profile_banner', 'seeds_sentence', 'status_sentence', 'findings',
            'study_finding', 'family_table', 'family_sentence', 'metric_verdict', 'verdicts', 'pairing_sentence',
            'seeds_sentences', 'runs_table', 'summary_tables', 'detail_table', 'comparison_tables', 'html_table',
-           'summary_csv', 'seeds_csv', 'write_summary_csvs', 'csv_link', 'sweep_command', 'no_runs_html',
-           'resolve_runs_dir', 'run_url_factory', 'runs_html', 'plan_sentence', 'provenance_sentence', 'left_out_lines',
-           'csv_folder', 'report_study', 'report_overview', 'format_report', 'parse_diffs', 'cli_report']
+           'summary_csv', 'seeds_csv', 'write_summary_csvs', 'csv_link', 'declared_studies', 'sweep_command',
+           'no_runs_html', 'resolve_runs_dir', 'run_url_factory', 'runs_html', 'plan_sentence', 'provenance_sentence',
+           'left_out_lines', 'csv_folder', 'report_study', 'report_overview', 'format_report', 'parse_diffs',
+           'cli_report']
 
 # %% ../nbs/40_report.ipynb #63f795b0
 def headline_metrics(study: Study) -> list:
@@ -358,10 +359,14 @@ def csv_link(study: Study) -> str:
             f"{link(seeds_csv(study), f'{study.name}_seeds.csv', 'every seed as CSV')}</p>")
 
 # %% ../nbs/40_report.ipynb #9babb433
-def _a_study(studies=()) -> str:
-    "A study to show in an example command: the first of `studies`, else of the experiments' parts, else 'STUDY'."
+def declared_studies() -> list[str]:
+    "The studies the discovered experiments declare (their parts), in declaration order."
     from contrastive_ablations.experiments import EXPERIMENTS
-    return next(iter([*studies, *(p.study for e in EXPERIMENTS.values() for p in e.parts)]), 'STUDY')
+    return list(dict.fromkeys(p.study for e in EXPERIMENTS.values() for p in e.parts))
+
+def _a_study(studies=()) -> str:
+    "A study to show in an example command: the first of `studies`, else of the declared ones, else 'STUDY'."
+    return next(iter([*studies, *declared_studies()]), 'STUDY')
 
 def sweep_command(study: str, profile: str = 'quick', seeds: int | None = None) -> str:
     "The command that produces a study's runs (into runs/<profile>, as `make ablations` does); seeds: the plan's unless given."
@@ -544,13 +549,14 @@ def report_study(study, # a `Study` or the path of runs/<study>
     return study
 
 # %% ../nbs/40_report.ipynb #5b3c7a24
-def report_overview(runs_dir, # the sweep's runs directory
-                    studies=(), # study names to list even without runs (those found in runs_dir are added)
+def report_overview(runs_dir,     # the sweep's runs directory
+                    studies=None, # study names to list even without runs (default: the declared ones); those found are added
                     display_fn=None):
     "Display one paragraph per study: its title (linked to its results page), profile, run counts and findings."
     from IPython.display import display, HTML
     show = display_fn or display
     runs_dir = Path(runs_dir)
+    studies = declared_studies() if studies is None else list(studies)
     found = {p.name: p for p in find_studies(runs_dir)}
     if not found:
         show(HTML(f"<p><strong>No sweep results in <code>{html.escape(str(runs_dir))}</code> yet.</strong> Produce every study "

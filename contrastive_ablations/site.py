@@ -421,21 +421,42 @@ MARKER = '.contrastive_ablations_site'        # in every site build_site wrote: 
 BUILD_MARKER = '.contrastive_ablations_build'  # in every working copy it made: the only ones it deletes
 
 def _study_names(root: Path, runs_dir: Path) -> list[str]:
+    "Every study with a page: the declared ones (in declaration order), then those with a page or runs, by name."
+    from contrastive_ablations.report import declared_studies, find_studies
     names = {p.stem for p in (root/'nbs'/'results').glob('*.ipynb') if p.stem != 'index'}
-    if runs_dir.is_dir():
-        from contrastive_ablations.report import find_studies
-        names |= {s.name for s in find_studies(runs_dir)}
-    return sorted(names)
+    if runs_dir.is_dir(): names |= {s.name for s in find_studies(runs_dir)}
+    declared = [n for n in declared_studies() if n in names]
+    return declared + sorted(names - set(declared))
 
 def _results_inject(runs_dir: Path) -> str:
     return (f"#| hide\nruns_dir = {str(runs_dir)!r}  # injected by the site build\n"
             f"run_url_base = '../runs'  # rendered run notebooks in the site")
 
-def _page_for_new_study(name: str) -> dict:
-    "A results page for a study that has runs but no page of its own in nbs/results."
+def _study_intro(name: str, runs_dir: Path) -> list[str]:
+    "Markdown of a generated results page's head: title and summary from the study's plan, the experiment from its spec."
+    from contrastive_ablations.rundata import experiment_of, read_checked
+    md = lambda s: re.sub(r'([\\`*_\[\]<>#|])', r'\\\1', ' '.join(str(s).split()))   # plan text shown as text, never as markup
+    man = read_checked(runs_dir/name/'manifest.json')[0] if (runs_dir/name/'manifest.json').is_file() else None
+    plan = man.get('plan') if isinstance(man, dict) and isinstance(man.get('plan'), dict) else {}
+    text = lambda k: plan[k] if isinstance(plan.get(k), str) and plan[k].strip() else None
+    head = (f"# Results: {md(text('title') or 'the ' + name + ' study')}\n> "
+            + (md(text('description')) if text('description') else
+               f"Every run of the study {md(name)}, with seed statistics and the comparison with the control."))
+    exp, body = experiment_of(plan), []
+    if exp is not None and plan.get('parameter') in exp.knobs:   # a knob name: plain identifier, shown as code
+        values = plan.get('values') if isinstance(plan.get('values'), list) else []
+        body.append(f"The study varies `{plan['parameter']}` of the {md(exp.title)} experiment"
+                    + (f" over {', '.join(md(v) for v in values[:12])}" if values else '')
+                    + (f" against the control {md(plan['control'])}" if 'control' in plan else '') + '. '
+                    + f"Its metrics: {', '.join(md(exp.families.get(f, f)) for f in plan.get('metrics', []) if isinstance(f, str))}. "
+                    + "This page was made by the site build from the study's plan: the study has no page of its own in `nbs/results/`.")
+    return [head, *body]
+
+def _page_for_new_study(name: str, runs_dir: Path = Path('runs')) -> dict:
+    "A results page for a study that has runs but no page of its own in nbs/results: its head from the plan and the experiment."
     import nbformat
     nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'language': 'python', 'display_name': 'Python 3'}})
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# Results: {name}\n> Every run of the `{name}` study, with seed statistics and the comparison with the control."),
+    nb.cells = [*(nbformat.v4.new_markdown_cell(t) for t in _study_intro(name, runs_dir)),
                 nbformat.v4.new_code_cell("#| hide\nruns_dir = None\nrun_url_base = None", metadata={'tags': ['parameters']}),
                 nbformat.v4.new_code_cell("#| echo: false\nfrom contrastive_ablations.report import report_study, resolve_runs_dir, run_url_factory\n"
                                           f"study = report_study(resolve_runs_dir(runs_dir)/{name!r}, run_url=run_url_factory(run_url_base, runs_dir))")]
@@ -522,9 +543,23 @@ def _copy_sources(root: Path, build: Path, runs_dir: Path, fresh: bool) -> Path:
         nb = nbformat.v4.new_notebook(); nb.cells = [nbformat.v4.new_markdown_cell("# contrastive-ablations\n> Lessons and ablation results.")]
         nbformat.write(nb, nbs/'index.ipynb')
     (nbs/'results').mkdir(exist_ok=True)
-    for name in _study_names(root, runs_dir):
-        if not (nbs/'results'/f'{name}.ipynb').exists(): nbformat.write(_page_for_new_study(name), nbs/'results'/f'{name}.ipynb')
+    names = _study_names(root, runs_dir)
+    for name in names:
+        if not (nbs/'results'/f'{name}.ipynb').exists(): nbformat.write(_page_for_new_study(name, runs_dir), nbs/'results'/f'{name}.ipynb')
+    _sidebar_results(nbs/'_quarto.yml', names)
     return nbs
+
+def _sidebar_results(quarto_yml: Path, names: list):
+    "List every study's page in the sidebar's 'Results' section (after its index), in the order of `names`."
+    import yaml
+    if not quarto_yml.is_file(): return
+    cfg = yaml.safe_load(quarto_yml.read_text(encoding='utf-8')) or {}
+    sections = ((cfg.get('website') or {}).get('sidebar') or {}).get('contents') or []
+    for sec in sections:
+        if isinstance(sec, dict) and sec.get('section') == 'Results':
+            sec['contents'] = ['results/index.ipynb', *(f'results/{n}.ipynb' for n in names)]
+            quarto_yml.write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding='utf-8')
+            return
 
 # %% ../nbs/41_site.ipynb #73f29f1f
 def _execute_all(root, nbs, runs_dir, cache, report, say, execute_lessons, lessons, workers, skip_slow, timeout):

@@ -487,3 +487,22 @@ def test_no_cache_executes_everything_and_stores_nothing(tmp_path, private_cache
     r = tiny_build(root, cache_dir=False)
     assert sorted(r['executed']) == ['bad', 'good'] and r['cached'] == [] and not r['failed'], r
     assert snapshot(root / 'cache') == before and not (root / '.site_cache').exists()
+
+
+@needs_renderer
+def test_a_study_without_a_page_gets_one_from_its_plan_and_a_sidebar_entry(tmp_path, private_cache):
+    "The tiny tree has no results pages: the build makes one per study found, headed by its plan, listed in the sidebar."
+    from fixtures import write_study
+    root = tiny_tree(tmp_path / 'repo')
+    (root / 'nbs' / '_quarto.yml').write_text((root / 'nbs' / '_quarto.yml').read_text()
+                                              + '      - section: "Results"\n        contents:\n          - results/index.ipynb\n')
+    runs = tmp_path / 'runs'
+    write_study(runs, 'ickd_balance', seeds=2, broken=False, plan_changes={'title': 'Balance <b>λ</b>', 'description': 'Vary λ.'})
+    r = tiny_build(root, runs=runs, lessons=['good.ipynb'])
+    assert r['failed'] == {} and 'results/ickd_balance.html' in r['pages'], r
+    page = Page((root / '_site' / 'results' / 'ickd_balance.html').read_text())
+    text = ' '.join(page.text)
+    assert 'Results: Balance <b>λ</b>' in page.heads() and 'Vary λ.' in text, page.heads()   # the plan's words, as text
+    assert 'The study varies lam of the intra-class contrastive knowledge distillation (ICKD) experiment' in ' '.join(text.split())
+    home = (root / '_site' / 'good.html').read_text()
+    assert 'results/ickd_balance.html' in home   # the sidebar of every page lists it
