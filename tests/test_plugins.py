@@ -13,20 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / 'tests' / 'assets' / 'toy_experiment.ipynb'
 
 SPEC = f'''"""A method shipped by another package: the toy template under the name 'plugged'."""
-from contrastive_ablations.core import Param, PROFILES
 from contrastive_ablations.experiments import Experiment, Metric, Part
+from toy_experiment import PARAMS as KNOBS   # the toy's knobs (tests/assets)
 
-KNOBS = dict(
-    x=Param(float, 0.3, lo=0, hi=1, doc='the ablated knob'),
-    mode=Param(str, 'a', choices=('a', 'b', 'none'), doc='a categorical knob'),
-    flag=Param(bool, True, doc='a knob that can be removed'),
-    fail=Param(bool, False, doc='raise inside the notebook'),
-    sleep_s=Param(float, 0.0, lo=0, hi=600, doc='pretend to train for this long'),
-    seed=Param(int, 0, lo=0, doc='random seed'),
-    profile=Param(str, 'quick', choices=PROFILES, doc='scale profile'),
-    out_dir=Param(str, 'runs/manual/plugged', identity=False, doc='where the run files go'),
-    device=Param(str, 'auto', identity=False, doc='torch device'),
-)
 PLUGGED = Experiment('plugged', {str(TOY)!r}, 'a plugged-in toy', KNOBS,
                      metrics=(Metric('toy_top1', 'toy accuracy', '%', 0, 100, True, family='top1'),
                               Metric('wall_time_s', 'wall time', 's', 0, None, None)),
@@ -44,7 +33,8 @@ def install_plugin(site: Path, entry_points: str) -> dict:
     info.mkdir(exist_ok=True)
     (info / 'METADATA').write_text('Metadata-Version: 2.1\nName: plugged-method\nVersion: 0.1\n')
     (info / 'entry_points.txt').write_text(entry_points)
-    return {**os.environ, 'PYTHONPATH': os.pathsep.join([str(site), str(ROOT), os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep)}
+    path = [str(site), str(ROOT / 'tests' / 'assets'), str(ROOT), os.environ.get('PYTHONPATH', '')]
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join(path).rstrip(os.pathsep)}
 
 
 def py(env, code, **kw):
