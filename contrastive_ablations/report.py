@@ -361,8 +361,8 @@ def csv_link(study: Study) -> str:
 # %% ../nbs/40_report.ipynb #9babb433
 def declared_studies() -> list[str]:
     "The studies the discovered experiments declare (their parts), in declaration order."
-    from contrastive_ablations.experiments import EXPERIMENTS
-    return list(dict.fromkeys(p.study for e in EXPERIMENTS.values() for p in e.parts))
+    from contrastive_ablations.plans import all_parts
+    return list(dict.fromkeys(p.study for p in all_parts()))
 
 def _a_study(studies=()) -> str:
     "A study to show in an example command: the first of `studies`, else of the declared ones, else 'STUDY'."

@@ -452,7 +452,7 @@ def _study_intro(name: str, runs_dir: Path) -> list[str]:
                     + "This page was made by the site build from the study's plan: the study has no page of its own in `nbs/results/`.")
     return [head, *body]
 
-def _page_for_new_study(name: str, runs_dir: Path = Path('runs')) -> dict:
+def _page_for_new_study(name: str, runs_dir: Path) -> dict:
     "A results page for a study that has runs but no page of its own in nbs/results: its head from the plan and the experiment."
     import nbformat
     nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'language': 'python', 'display_name': 'Python 3'}})

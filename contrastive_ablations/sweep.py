@@ -581,9 +581,9 @@ def run_phases(run_dir, notebook_wall_s=None) -> dict:
 def phase_label(name:str, experiment:str=None) -> str:
     "How the summary names a phase: the engine's label, the experiment's (`Experiment.phases`), else the name itself."
     if name in PHASES: return PHASES[name]
-    from contrastive_ablations.plans import PlanError, find_experiment
-    try: return find_experiment(experiment).phases.get(name, name.replace('_', ' ')) if experiment else name.replace('_', ' ')
-    except PlanError: return name.replace('_', ' ')
+    from contrastive_ablations.plans import experiment_named
+    exp = experiment_named(experiment) if experiment else None
+    return (exp.phases if exp else {}).get(name, name.replace('_', ' '))
 
 def time_profile(infos) -> list:
     "Closing-summary lines: per experiment, the seconds and share of each phase, summed over its runs."
@@ -613,10 +613,9 @@ def _finished_infos(out) -> list:
 
 def _cost_factor(run) -> float:
     "How many times longer than a plain run of its experiment `run` is expected to take (`Experiment.cost_factors`)."
-    from contrastive_ablations.plans import PlanError, find_experiment
-    try: factors = find_experiment(run.notebook).cost_factors
-    except PlanError: return 1.0
-    return math.prod(f for knob, f in factors.items() if run.params.get(knob))
+    from contrastive_ablations.plans import experiment_named
+    exp = experiment_named(run.notebook)
+    return math.prod(f for knob, f in (exp.cost_factors if exp else {}).items() if run.params.get(knob))
 
 def estimate_seconds(runs:list, out) -> dict:
     "run_id -> expected notebook seconds, from finished runs like it in `out` (median), else `PRIOR_S` (times the experiment's `cost_factors`)."
@@ -667,11 +666,11 @@ def _worker_exit(*_):
 # %% ../nbs/31_sweep.ipynb #1db81611
 def fork_server_needs(runs:list) -> tuple:
     "(modules, (dataset, split) pairs) that the experiments of `runs` ask their fork server to load first (`Experiment.preload`/`warm`)."
-    from contrastive_ablations.plans import PlanError, find_experiment
+    from contrastive_ablations.plans import experiment_named
     preload, warm = {}, {}
     for nb in dict.fromkeys(r.notebook for r in runs):
-        try: exp = find_experiment(nb)
-        except PlanError: continue   # a template no experiment declares: it gets the bare server
+        exp = experiment_named(nb)
+        if exp is None: continue   # a template no experiment declares: it gets the bare server
         preload.update(dict.fromkeys(exp.preload)); warm.update(dict.fromkeys(map(tuple, exp.warm)))
     return tuple(preload), tuple(warm)
 

@@ -39,8 +39,8 @@ def smoke_runs(tmp_path_factory) -> Path:
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get('PYTEST_XDIST_WORKER'): shared = shared.parent   # the folder all workers of this session share
     out = shared / 'smoke_runs'
-    with file_lock(shared / 'smoke_runs.lock'):
+    with file_lock(shared / 'smoke_runs.lock'), open(os.devnull, 'w') as quiet:
         res = sweep([ROOT / 'plans' / f'{s}.yaml' for s in SMOKE_STUDIES], out=out, profile='smoke', seeds=1, workers=2,
-                    stream=open(os.devnull, 'w'))
+                    stream=quiet)
     assert res.ok, f'the smoke sweep failed: {res}'
     return out
