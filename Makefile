@@ -36,7 +36,7 @@ $(VENV)/.installed: settings.ini setup.py
 venv: $(VENV)/.installed
 
 # The default data: Fashion-MNIST from Debian's package where apt is available (offline-safe);
-# elsewhere torchvision downloads it at first use (see nbs/01_data.ipynb).
+# elsewhere torchvision downloads it at first use (see nbs/foundation/01_data.ipynb).
 data:
 	@if [ -f $(FMNIST_DEB) ]; then echo "Fashion-MNIST: $(dir $(FMNIST_DEB))"; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
@@ -74,7 +74,7 @@ ablations: venv data fid-extractor
 # classifier, seconds; quick: Inception-v3 when its checked weights are here, else the 'full' classifier, minutes;
 # paper: Inception-v3). Make it ready (trained once, checked, cached) before the sweep, so no run trains it.
 fid-extractor: venv data
-	$(BIN)/python -c "import sys; from contrastive_ablations.clel import prepare_fid_extractor; sys.exit(prepare_fid_extractor('$(PROFILE)'))"
+	$(BIN)/python -c "import sys; from contrastive_ablations.methods.clel.train import prepare_fid_extractor; sys.exit(prepare_fid_extractor('$(PROFILE)'))"
 
 smoke:
 	$(MAKE) --no-print-directory ablations PROFILE=smoke SEEDS=1
@@ -101,9 +101,9 @@ check-sync: venv
 
 # Notebooks are committed clean (no outputs, no execution counts), papermill's tags kept.
 check-clean: venv
-	@nbs=$$(find nbs ablation_nbs tests -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort); \
+	@nbs=$$(find nbs ablation_nbs tests examples -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort); \
 	before=$$(sha1sum $$nbs); \
-	$(BIN)/nbdev_clean; $(BIN)/nbdev_clean --fname ablation_nbs; \
+	$(BIN)/nbdev_clean; $(BIN)/nbdev_clean --fname ablation_nbs; $(BIN)/nbdev_clean --fname examples; \
 	if [ -d tests/assets ]; then $(BIN)/nbdev_clean --fname tests/assets; fi; \
 	after=$$(sha1sum $$nbs); \
 	if [ "$$before" != "$$after" ]; then \
@@ -123,8 +123,8 @@ pytest: venv
 # What reads the cached artefacts (FID extractors and statistics) that the main job leaves: CI runs it after
 # `make ablations PROFILE=smoke` on an empty cache, so the two commands are checked in both orders.
 cached-artefact-tests: venv data
-	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --path nbs/23_clel.ipynb
-	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --path nbs/24_clel_metrics.ipynb
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --path nbs/methods/clel/24_clel.ipynb
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --path nbs/methods/clel/25_clel_metrics.ipynb
 	$(BIN)/python -m pytest -q tests/test_clel_metrics.py tests/test_cache.py
 
 clean-build:

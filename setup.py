@@ -54,7 +54,7 @@ setuptools.setup(
         'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d'],
         # experiments are found through this group in every process (planner, run kernels, Slurm jobs, report, site);
         # another package adds its own the same way
-        'contrastive_ablations.experiments': ['ickd = contrastive_ablations.experiments:ICKD',
-                                              'clel = contrastive_ablations.experiments:CLEL'],
+        'contrastive_ablations.experiments': ['ickd = contrastive_ablations.methods.ickd.spec:ICKD',
+                                              'clel = contrastive_ablations.methods.clel.spec:CLEL'],
     },
     **setup_cfg)

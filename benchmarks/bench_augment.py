@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing the package
-from contrastive_ablations.data import clel_augment
+from contrastive_ablations.foundation.data import clel_augment
 
 
 def kornia_pipeline(size: int):

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing the package
-from contrastive_ablations.core import get_device, resolve_precision
-from contrastive_ablations.clel import _resolve, build_trainer
-from contrastive_ablations.data import DATASETS, simclr_augment, random_hflip
-from contrastive_ablations.training import fit
+from contrastive_ablations.foundation.core import get_device, resolve_precision
+from contrastive_ablations.methods.clel.train import _resolve, build_trainer
+from contrastive_ablations.foundation.data import DATASETS, simclr_augment, random_hflip
+from contrastive_ablations.foundation.training import fit
 
 
 def plain_setup(tr, cfg, device, seed):

@@ -16,11 +16,11 @@ import time
 
 import torch
 
-from contrastive_ablations.data import BatchLoader, load_dataset
-from contrastive_ablations.experiments import ICKD
-from contrastive_ablations.ickd import make_criterion, profile_config, teacher_step_fn
-from contrastive_ablations.networks import create_model
-from contrastive_ablations.training import fit
+from contrastive_ablations.foundation.data import BatchLoader, load_dataset
+from contrastive_ablations.methods.ickd.spec import ICKD
+from contrastive_ablations.methods.ickd.distill import make_criterion, profile_config, teacher_step_fn
+from contrastive_ablations.foundation.networks import create_model
+from contrastive_ablations.foundation.training import fit
 
 
 def make_run(model0, crit0, cfg, p, data, steps, seed):

@@ -22,12 +22,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing the package
-from contrastive_ablations.core import autocast, get_device
-from contrastive_ablations.experiments import DATASETS
-from contrastive_ablations.clel import _resolve, build_clel
-from contrastive_ablations.sampler import sgld, frozen
-from contrastive_ablations import ickd, clel
-from contrastive_ablations.training import fit
+from contrastive_ablations.foundation.core import autocast, get_device
+from contrastive_ablations.foundation.experiments import DATASETS
+from contrastive_ablations.methods.clel.train import _resolve, build_clel
+from contrastive_ablations.methods.clel.sampler import sgld
+from contrastive_ablations.foundation.training import frozen
+from contrastive_ablations.methods.ickd import distill as ickd
+from contrastive_ablations.methods.clel import train as clel
+from contrastive_ablations.foundation.training import fit
 
 PRECS = ('fp32', 'bf16')
 

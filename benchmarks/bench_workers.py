@@ -23,8 +23,9 @@ def child(case: str, steps: int) -> float:
     import torch
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '1')))
     from bench_precision import teacher_case, ebm_of
-    from contrastive_ablations.core import autocast, resolve_precision
-    from contrastive_ablations.sampler import sgld, frozen
+    from contrastive_ablations.foundation.core import autocast, resolve_precision
+    from contrastive_ablations.methods.clel.sampler import sgld
+    from contrastive_ablations.foundation.training import frozen
     device = torch.device('cpu')
     prec = resolve_precision('auto', device)   # the arithmetic a quick run uses here
     if case == 'ickd_teacher':

@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing the package
-from contrastive_ablations.experiments import CLEL, ICKD
-from contrastive_ablations import clel, ickd
-from contrastive_ablations.networks import create_model
+from contrastive_ablations.methods.clel.spec import CLEL
+from contrastive_ablations.methods.ickd.spec import ICKD
+from contrastive_ablations.methods.clel import train as clel
+from contrastive_ablations.methods.ickd import distill as ickd
+from contrastive_ablations.foundation.networks import create_model
 
 
 # --small: the same code paths with small networks (a CPU check of the script in seconds; its timings are not the paper's)

@@ -13,9 +13,9 @@ import argparse, json, sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing the package
-from contrastive_ablations.core import read_json
-from contrastive_ablations.experiments import EXPERIMENTS
-from contrastive_ablations.sweep import PHASES, run_phases
+from contrastive_ablations.foundation.core import read_json
+from contrastive_ablations.foundation.experiments import EXPERIMENTS
+from contrastive_ablations.engine.timing import PHASES, run_phases
 
 
 def _experiment(params: dict) -> str:

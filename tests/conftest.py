@@ -29,9 +29,9 @@ def smoke_runs(tmp_path_factory) -> Path:
     $CONTRASTIVE_ABLATIONS_TEST_RUNS names a runs folder to use instead (e.g. `runs/smoke` from `make smoke`).
     Under pytest-xdist the workers share one folder: the first makes it under a lock, the others wait and reuse it
     (the sweep skips runs already finished). A test that changes runs copies them first."""
-    from contrastive_ablations.core import file_lock
-    from contrastive_ablations.rundata import find_studies
-    from contrastive_ablations.sweep import sweep
+    from contrastive_ablations.foundation.core import file_lock
+    from contrastive_ablations.engine.rundata import find_studies
+    from contrastive_ablations.engine.sweep import sweep
     env = os.environ.get('CONTRASTIVE_ABLATIONS_TEST_RUNS')
     if env:
         assert find_studies(env), f'$CONTRASTIVE_ABLATIONS_TEST_RUNS={env} holds no study'

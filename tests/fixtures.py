@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from contrastive_ablations.core import atomic_write_json, atomic_write_text, write_run_outputs
-from contrastive_ablations.experiments import EXPERIMENTS, OOD_PLANS
-from contrastive_ablations.rundata import fmt_value
+from contrastive_ablations.foundation.core import atomic_write_json, atomic_write_text, write_run_outputs
+from contrastive_ablations.foundation.experiments import EXPERIMENTS
+from contrastive_ablations.methods.clel.spec import OOD_PLANS
+from contrastive_ablations.engine.rundata import fmt_value
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +68,19 @@ def write_study(root, study: str = 'ickd_margin', seeds: int = 3, metrics_fn=def
     atomic_write_json(d / 'manifest.json', dict(study=study, plan=plan, profile=profile, synthetic=synthetic,
                                                 sweep={'seeds': sweep_seeds}, runs=rows))
     return d
+
+
+EXAMPLE = ROOT / 'examples' / 'label_smoothing'
+
+
+def install_example(target: Path) -> dict:
+    """`pip install` the example method package (examples/label_smoothing) into `target`, not into this environment;
+    returns the environment of a process that has it installed (its folder first on PYTHONPATH)."""
+    import os, shutil, subprocess, sys, tempfile
+    with tempfile.TemporaryDirectory() as tmp:   # built from a copy: two test processes may install it at once
+        src = shutil.copytree(EXAMPLE, Path(tmp) / 'src', ignore=shutil.ignore_patterns('build', '*.egg-info', '__pycache__'))
+        r = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--no-build-isolation', '--target',
+                            str(target), str(src)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    path = [str(target), str(ROOT), os.environ.get('PYTHONPATH', '')]
+    return {**os.environ, 'PYTHONPATH': os.pathsep.join(path).rstrip(os.pathsep)}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from contrastive_ablations.core import native_bf16
+from contrastive_ablations.foundation.core import native_bf16
 
 
 def _load(name):

@@ -1,4 +1,4 @@
-"Tests for contrastive_ablations.cache: stable keys, atomic store, lock, validation on store and on load, eviction."
+"Tests for contrastive_ablations.foundation.cache: stable keys, atomic store, lock, validation on store and on load, eviction."
 import json
 import logging
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from contrastive_ablations import cache
+from contrastive_ablations.foundation import cache
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ class Counter:
 
 def test_key_is_stable_across_processes_and_orders():
     spec = {'b': [1, 2.5, 'x'], 'a': {'z': None, 'y': True}}
-    code = ("from contrastive_ablations.cache import cache_key; "
+    code = ("from contrastive_ablations.foundation.cache import cache_key; "
             "print(cache_key({'a': {'y': True, 'z': None}, 'b': (1, 2.5, 'x')}))")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == cache.cache_key(spec) and len(out) == 20
@@ -84,7 +84,7 @@ def test_invalid_entry_is_recomputed_with_one_log_line(root, caplog):
                    lambda: (path / cache.ENTRY_FILE).unlink()]:          # incomplete entry
         caplog.clear()
         damage()
-        with caplog.at_level(logging.WARNING, logger='contrastive_ablations.cache'):
+        with caplog.at_level(logging.WARNING, logger='contrastive_ablations.foundation.cache'):
             assert c.get(3) == [0, 1, 2]
         lines = [r.getMessage() for r in caplog.records]
         assert len(lines) == 1 and str(path) in lines[0] and 'computing it again' in lines[0], lines
@@ -149,7 +149,7 @@ def test_concurrent_processes_compute_once(root, tmp_path):
     script.write_text(f'''
 import time
 from pathlib import Path
-from contrastive_ablations import cache
+from contrastive_ablations.foundation import cache
 log = Path({str(tmp_path / 'computed')!r})
 def compute():
     with open(log, 'a') as f: f.write('x')

@@ -11,14 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from contrastive_ablations.core import ParameterError, write_run_outputs
-from contrastive_ablations.experiments import CLEL, CLEL_FRAMEWORKS
-from contrastive_ablations.data import DATASETS
-from contrastive_ablations.ebm import base_ebm
-from contrastive_ablations.networks import count_parameters
-from contrastive_ablations.contrastive import create_framework
-from contrastive_ablations.clel import CURVE_COLUMNS, profile_config, build_trainer, run, run_experiment
-from contrastive_ablations.training import fit
+from contrastive_ablations.foundation.core import ParameterError, write_run_outputs
+from contrastive_ablations.methods.clel.spec import CLEL, CLEL_FRAMEWORKS
+from contrastive_ablations.foundation.data import DATASETS
+from contrastive_ablations.methods.clel.ebm import base_ebm
+from contrastive_ablations.foundation.networks import count_parameters
+from contrastive_ablations.methods.clel.contrastive import create_framework
+from contrastive_ablations.methods.clel.train import CURVE_COLUMNS, profile_config, build_trainer, run, run_experiment
+from contrastive_ablations.foundation.training import fit
 from dataclasses import replace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,11 +121,11 @@ def test_divergence_is_a_result(tmp_path, monkeypatch):
 
 
 # ---- the paper profile follows the official CLEL recipe (one test per point) ----
-from contrastive_ablations.experiments import CIFAR10_MEAN, CIFAR10_STD, CLEL_PROFILES
-from contrastive_ablations.clel import (OFFICIAL_RECIPE, DEVIATIONS,
+from contrastive_ablations.methods.clel.spec import CIFAR10_MEAN, CIFAR10_STD, CLEL_PROFILES
+from contrastive_ablations.methods.clel.train import (OFFICIAL_RECIPE, DEVIATIONS,
                                         deviations_table, make_buffer_augment, _fresh_samples)
-from contrastive_ablations.data import clel_augment
-from contrastive_ablations.clel_metrics import to_uint8
+from contrastive_ablations.foundation.data import clel_augment
+from contrastive_ablations.methods.clel.metrics import to_uint8
 
 
 def _paper_trainer(**over):
@@ -158,7 +158,7 @@ def test_paper_point2_strong_augmentation_official_parameters():
     cfg = profile_config('paper', 'cifar10')
     assert cfg.buffer_augment == 'clel' and cfg.encoder_augment == 'clel'
     import inspect
-    from contrastive_ablations.data import pixel_resized_crop, color_jiggle
+    from contrastive_ablations.foundation.data import pixel_resized_crop, color_jiggle
     d = {k: v.default for k, v in inspect.signature(clel_augment).parameters.items()}
     assert d['scale'] == (0.08, 1.0) and d['jitter'] == (0.4, 0.4, 0.4, 0.1) and d['jitter_p'] == 0.8 and d['grayscale_p'] == 0.2
     assert inspect.signature(pixel_resized_crop).parameters['mode'].default == 'bicubic'
@@ -271,7 +271,7 @@ def test_gpu_check_cpu_path(tmp_path):
 
 def test_fid_curve_measures_without_changing_the_training(monkeypatch):
     "fid_curve's measurements draw from their own generator: its training losses are those of an ordinary run."
-    import contrastive_ablations.clel as C
+    import contrastive_ablations.methods.clel.train as C
     p = CLEL.validate({'profile': 'smoke', 'framework': 'simclr', 'device': 'cpu', 'iterations': 6})
     results, fit = [], C.fit
     monkeypatch.setattr(C, 'fit', lambda *a, **k: results.append(fit(*a, **k)) or results[-1])

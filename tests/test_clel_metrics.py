@@ -1,4 +1,4 @@
-"Tests for contrastive_ablations.clel_metrics: AUROC, FID (torch-fidelity vs own formula), the registered extractor, OOD sets, errors."
+"Tests for contrastive_ablations.methods.clel.metrics: AUROC, FID (torch-fidelity vs own formula), the registered extractor, OOD sets, errors."
 import io
 import json
 import logging
@@ -10,10 +10,10 @@ import torch
 import torch_fidelity
 from sklearn.metrics import roc_auc_score
 
-import contrastive_ablations.clel_metrics as cm
-from contrastive_ablations import cache
-from contrastive_ablations.core import ParameterError
-from contrastive_ablations.data import load_dataset
+import contrastive_ablations.methods.clel.metrics as cm
+from contrastive_ablations.foundation import cache
+from contrastive_ablations.foundation.core import ParameterError
+from contrastive_ablations.foundation.data import load_dataset
 
 
 @pytest.fixture(scope='module')
@@ -411,7 +411,7 @@ def test_ood_sets_errors(fmnist):
 
 
 def test_ood_sets_cifar10_skips_with_reasons(monkeypatch):
-    import contrastive_ablations.data as data
+    import contrastive_ablations.foundation.data as data
     def missing(name, split='train', root=None, download=False):
         raise data.DatasetNotFoundError(f'{name} not here (test)')
     monkeypatch.setattr(data, 'load_dataset', missing)
@@ -446,7 +446,7 @@ def test_planted_pickles_run_no_code_in_a_smoke_clel_run(monkeypatch, tmp_path, 
     """A smoke CLEL run, run again after a pickle that would create a marker file was planted in every cache entry
     (extractor weights, reference statistics, torch-fidelity's old statistics folder) and as the Inception weights:
     the damaged entries are recomputed, no code runs; with the 'auto' extractor the planted Inception file is refused by name."""
-    from contrastive_ablations.clel import CLEL, run
+    from contrastive_ablations.methods.clel.train import CLEL, run
     monkeypatch.setenv('CONTRASTIVE_ABLATIONS_CACHE', str(tmp_path / 'cache'))
     monkeypatch.delenv('CONTRASTIVE_ABLATIONS_INCEPTION_WEIGHTS', raising=False)
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
@@ -471,7 +471,7 @@ def test_planted_pickles_run_no_code_in_a_smoke_clel_run(monkeypatch, tmp_path, 
 
 def test_prepare_fid_extractor_stops_with_the_reason_offline(offline, capsys):
     "`make fid-extractor PROFILE=paper` without the Inception weights: exit status 2 and where to put them, no traceback."
-    from contrastive_ablations.clel import prepare_fid_extractor
+    from contrastive_ablations.methods.clel.train import prepare_fid_extractor
     assert prepare_fid_extractor('paper') == 2
     err = capsys.readouterr().err
     assert 'FID extractor of the paper profile is not available' in err and cm.INCEPTION_FILE in err, err

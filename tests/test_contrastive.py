@@ -1,4 +1,4 @@
-"""Numerical checks of contrastive_ablations.contrastive against the `lightly` reference implementation,
+"""Numerical checks of contrastive_ablations.methods.clel.contrastive against the `lightly` reference implementation,
 plus interface tests of every framework on both backbone scales."""
 import copy
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from contrastive_ablations.core import ParameterError
-from contrastive_ablations.contrastive import (
+from contrastive_ablations.foundation.core import ParameterError
+from contrastive_ablations.methods.clel.contrastive import (
     ARCHS, FRAMEWORKS, FeatureQueue, byol_loss, cosine_momentum, create_framework, ema_update_, info_nce_loss,
     mae_loss, nt_xent_loss, patchify, random_patch_mask, unpatchify)
 
@@ -291,7 +291,7 @@ def test_bad_arch_knob_and_shapes():
 def test_knobs_match_the_constructors():
     "Each framework's KNOBS declare exactly the method-specific constructor arguments, with the same defaults."
     import inspect
-    from contrastive_ablations.contrastive import _CLASSES
+    from contrastive_ablations.methods.clel.contrastive import _CLASSES
     for name, cls in _CLASSES.items():
         sig = inspect.signature(cls.__init__).parameters
         own = [k for k in sig if k not in ('self', 'in_channels', 'image_size', 'latent_dim', 'arch')]

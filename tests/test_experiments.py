@@ -9,10 +9,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from contrastive_ablations import plans as P
-from contrastive_ablations.core import ParameterError
-from contrastive_ablations.experiments import (CLEL, EXPERIMENTS, ICKD, check_injected, parameters_cell,
-                                               template_problems)
+from contrastive_ablations.engine import plans as P
+from contrastive_ablations.foundation.core import ParameterError
+from contrastive_ablations.methods.clel.spec import CLEL
+from contrastive_ablations.foundation.experiments import EXPERIMENTS, check_injected, parameters_cell, template_problems
+from contrastive_ablations.methods.ickd.spec import ICKD
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT/'tests'/'assets'
@@ -26,7 +27,10 @@ def test_planning_validating_dry_running_and_reporting_leave_torch_out(tmp_path)
     code = textwrap.dedent(f'''
         import sys
         from pathlib import Path
-        from contrastive_ablations import plans, sweep, report, experiments
+        from contrastive_ablations.engine import plans
+        from contrastive_ablations.engine import sweep
+        from contrastive_ablations.engine import report
+        from contrastive_ablations.foundation import experiments
         root = Path({str(ROOT)!r})
         ymls = [root/'plans'/f'{{s}}.yaml' for s in {SEED_PLANS!r}]
         seeds = sorted((root/'tests'/'assets'/'seeds').glob('*.txt'))
@@ -86,7 +90,7 @@ def test_plan_value_outside_a_knobs_domain_is_caught(tmp_path):
 
 def test_every_knob_is_identity_or_refused_as_ablation(tmp_path):
     "The sweep's run identity leaves out exactly the knobs declared as not part of it; ablating one is refused."
-    from contrastive_ablations.core import run_identity
+    from contrastive_ablations.foundation.core import run_identity
     for exp in (ICKD, CLEL):   # where (out_dir) and on what (device) a run executes: so it was when run ids were first made
         assert set(exp.knobs) - set(run_identity(exp.knobs, exp.validate({}))) == {'out_dir', 'device'}, exp.name
     f = _plan(tmp_path, '''
@@ -165,8 +169,9 @@ def test_seed_plans_are_named_and_a_user_plan_keeps_the_tests_green(tmp_path):
 def test_recipe_defaults_read_without_import_match_the_dataclasses():
     "The recipe read from the dataclass source (no torch) is exactly the dataclass's defaults, for both experiments."
     from dataclasses import asdict
-    from contrastive_ablations import clel, ickd
-    from contrastive_ablations.experiments import profile_recipe, recipe_defaults
+    from contrastive_ablations.methods.clel import train as clel
+    from contrastive_ablations.methods.ickd import distill as ickd
+    from contrastive_ablations.foundation.experiments import profile_recipe, recipe_defaults
     for exp, cls in ((ICKD, ickd.ICKDConfig), (CLEL, clel.CLELConfig)):
         assert json.loads(json.dumps(asdict(cls()))) == json.loads(json.dumps(recipe_defaults(exp)))
         for prof in exp.profiles:   # the profile's values win over the defaults
@@ -176,7 +181,7 @@ def test_recipe_defaults_read_without_import_match_the_dataclasses():
 
 def test_a_changed_profile_value_gives_new_run_ids(monkeypatch):
     "Changing one value of a profile changes the run ids of every run of that profile, and only of that profile."
-    from contrastive_ablations import sweep as S
+    from contrastive_ablations.engine import sweep as S
     plans = P.load_plans(ROOT/'plans'/'ickd_margin.yaml', profile='smoke', seeds=1)
     ids = lambda profile: [r.run_id for r in S.expand_runs(plans, profile, 'runs')]
     smoke, quick = ids('smoke'), ids('quick')
@@ -187,8 +192,8 @@ def test_a_changed_profile_value_gives_new_run_ids(monkeypatch):
 
 def test_declared_architectures_are_the_networks():
     "teacher_arch/student_arch are checked against a declared list (no torch at planning time): it is exactly networks.MODELS."
-    from contrastive_ablations.experiments import ARCHS
-    from contrastive_ablations.networks import MODELS
+    from contrastive_ablations.methods.ickd.spec import ARCHS
+    from contrastive_ablations.foundation.networks import MODELS
     assert set(ARCHS) == set(MODELS)
     with pytest.raises(ParameterError, match="'teacher_arch' = 'resnet9000' is not a known value"):
         ICKD.validate({'teacher_arch': 'resnet9000'})
@@ -196,8 +201,8 @@ def test_declared_architectures_are_the_networks():
 
 def test_a_template_run_alone_records_its_code_and_recipe(tmp_path):
     "write_run_outputs (the templates' last cell, also without a sweep) writes run_info.json: version, commit, dirty flag, libraries, recipe."
-    from contrastive_ablations import sweep as S
-    from contrastive_ablations.core import write_run_outputs
+    from contrastive_ablations.engine import sweep as S
+    from contrastive_ablations.foundation.core import write_run_outputs
     params = ICKD.validate({'profile': 'smoke', 'delta': 0.3, 'dataset': 'fashion_mnist'})
     write_run_outputs(tmp_path, params, {'status': 'ok', 'teacher_top1': 80.0}, experiment='ickd')
     info = json.loads((tmp_path/'run_info.json').read_text())

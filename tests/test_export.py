@@ -24,10 +24,10 @@ import pandas as pd
 import pytest
 
 from contrastive_ablations.__main__ import main
-from contrastive_ablations.export import (TAG, curve_histories, default_tracking_uri, experiment_name, export_mlflow,
+from contrastive_ablations.engine.export import (TAG, curve_histories, default_tracking_uri, experiment_name, export_mlflow,
                                           runs_table, write_runs_table)
-from contrastive_ablations.report import summary_csv
-from contrastive_ablations.rundata import load_study
+from contrastive_ablations.engine.report import summary_csv
+from contrastive_ablations.engine.rundata import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / 'tests' / 'assets'
@@ -43,7 +43,7 @@ os.environ.setdefault('MLFLOW_DISABLE_TELEMETRY', 'true')   # offline: no usage 
 @pytest.fixture(scope='module')
 def smoke_runs(tmp_path_factory):
     "A real smoke sweep: ICKD δ = 0.3 (control) and 0.1, seeds 0 and 1 (four runs, about a minute on 2 cores)."
-    from contrastive_ablations.sweep import sweep
+    from contrastive_ablations.engine.sweep import sweep
     d = tmp_path_factory.mktemp('export_runs')
     res = sweep([ASSETS / 'plans' / 'smoke_ickd_margin.yaml'], out=d, profile='smoke', seeds=2, workers=2)
     assert res.ok and len(res.done) == 4, f'the smoke sweep failed: {res.failed}'
@@ -94,8 +94,8 @@ def test_export_without_mlflow_says_how_to_install(smoke_runs, monkeypatch, caps
 
 def test_sweep_report_site_never_import_mlflow():
     "The code paths of `make ablations` (sweep, report, site, reading runs) work without MLflow."
-    code = ('import sys; import contrastive_ablations.sweep, contrastive_ablations.report, contrastive_ablations.site, '
-            'contrastive_ablations.export, contrastive_ablations.__main__; assert "mlflow" not in sys.modules, "mlflow imported"')
+    code = ('import sys; import contrastive_ablations.engine.sweep, contrastive_ablations.engine.report, contrastive_ablations.engine.site, '
+            'contrastive_ablations.engine.export, contrastive_ablations.__main__; assert "mlflow" not in sys.modules, "mlflow imported"')
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
 
@@ -258,7 +258,7 @@ def test_sweep_in_a_kernel_shows_html_progress(tmp_path):
     nb = nbformat.v4.new_notebook(metadata={'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}})
     nb.cells = [nbformat.v4.new_code_cell(f'import sys; sys.path.insert(0, {str(ASSETS)!r})\n'
                                           'import toy_experiment; toy_experiment.register()\n'
-                                          'from contrastive_ablations.sweep import sweep'),
+                                          'from contrastive_ablations.engine.sweep import sweep'),
                 nbformat.v4.new_code_cell(f"res = sweep([{str(ASSETS / 'plans' / 'toy_x.yaml')!r}], out={str(out)!r}, "
                                           "profile='smoke', seeds=1, workers=2)\nres"),
                 nbformat.v4.new_code_cell('df = res.to_frame(); print(len(df), sorted(df.status.unique()))')]

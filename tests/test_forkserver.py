@@ -1,4 +1,4 @@
-"""Kernels forked from a preloaded process (contrastive_ablations.forkserver): same results as ordinary kernels,
+"""Kernels forked from a preloaded process (contrastive_ablations.engine.forkserver): same results as ordinary kernels,
 torch already imported, no kernel outliving its launcher, and the ordinary launch where the server is off."""
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
@@ -7,9 +7,11 @@ import nbformat
 import papermill as pm
 import pytest
 
-from contrastive_ablations import forkserver as fs
-from contrastive_ablations.experiments import CLEL, ICKD
-from contrastive_ablations.sweep import _child_pids, fork_server_needs, kernel_env
+from contrastive_ablations.engine import forkserver as fs
+from contrastive_ablations.methods.clel.spec import CLEL
+from contrastive_ablations.methods.ickd.spec import ICKD
+from contrastive_ablations.engine.execute import child_pids, kernel_env
+from contrastive_ablations.engine.local import fork_server_needs
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not hasattr(os, 'fork'), reason='fork servers need fork (Linux, macOS)')
@@ -49,7 +51,7 @@ def test_server_loads_what_the_sweeps_experiments_declare(tmp_path, monkeypatch)
     from types import SimpleNamespace as Run
     nb = lambda e: Run(notebook=str(e.notebook_path()))
     preload, warm = fork_server_needs([nb(ICKD), nb(CLEL), nb(ICKD), Run(notebook='/elsewhere/not_declared.ipynb')])
-    assert preload == tuple(dict.fromkeys(ICKD.preload + CLEL.preload)) and 'contrastive_ablations.clel' in preload
+    assert preload == tuple(dict.fromkeys(ICKD.preload + CLEL.preload)) and 'contrastive_ablations.methods.clel.train' in preload
     assert warm == tuple(dict.fromkeys(ICKD.warm + CLEL.warm)) and ('digits', 'test') in warm
     assert fork_server_needs([Run(notebook='/elsewhere/not_declared.ipynb')]) == ((), ())
     old = os.environ.get(fs.SOCKET_ENV)
@@ -80,12 +82,12 @@ def test_smoke_run_gives_the_same_metrics_forked_and_ordinary(server, tmp_path, 
 def test_kernel_exits_when_its_launcher_is_killed(server, tmp_path):
     from jupyter_client.connect import write_connection_file
     conn, _ = write_connection_file(str(tmp_path / 'kernel.json'))
-    before = set(_child_pids(fs.SERVERS[server].pid))
-    launcher = subprocess.Popen([sys.executable, '-m', 'contrastive_ablations.forkserver', 'launch', server, conn],
+    before = set(child_pids(fs.SERVERS[server].pid))
+    launcher = subprocess.Popen([sys.executable, '-m', 'contrastive_ablations.engine.forkserver', 'launch', server, conn],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
-    while not (set(_child_pids(fs.SERVERS[server].pid)) - before) and time.monotonic() < deadline: time.sleep(0.05)
-    kernels = set(_child_pids(fs.SERVERS[server].pid)) - before
+    while not (set(child_pids(fs.SERVERS[server].pid)) - before) and time.monotonic() < deadline: time.sleep(0.05)
+    kernels = set(child_pids(fs.SERVERS[server].pid)) - before
     assert len(kernels) == 1, kernels
     kernel = kernels.pop()
     launcher.send_signal(signal.SIGKILL); launcher.wait()   # what Jupyter's immediate shutdown does
@@ -167,7 +169,7 @@ def test_server_is_single_threaded_and_kernel_takes_its_run_count(monkeypatch):
 FORK_PROBE = r"""
 import os, sys, time
 os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = '2'   # what a worker with 2 threads per run gives its server
-from contrastive_ablations import forkserver as fs
+from contrastive_ablations.engine import forkserver as fs
 if sys.argv[1] == 'server': fs._single_threaded()                     # what the fork server does before preloading
 import torch
 x = torch.randn(1500, 1500); float((x @ x).exp().sum()); torch.randperm(10**6)   # preloading and data: parallel regions

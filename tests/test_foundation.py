@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contrastive_ablations import data as D
-from contrastive_ablations.core import ParameterError, seed_everything
-from contrastive_ablations.data import (DATASETS, ArrayDataset, BatchLoader, DatasetNotFoundError, load_dataset,
+from contrastive_ablations.foundation import data as D
+from contrastive_ablations.foundation.core import ParameterError, seed_everything
+from contrastive_ablations.foundation.data import (DATASETS, ArrayDataset, BatchLoader, DatasetNotFoundError, load_dataset,
                                         random_crop, random_hflip, simclr_augment, standard_augment)
-from contrastive_ablations.networks import MODELS, count_parameters, create_model
-from contrastive_ablations.training import (CheckpointMismatchError, DivergedError, TrainResult, accuracy, fit, load_checkpoint,
+from contrastive_ablations.foundation.networks import MODELS, count_parameters, create_model
+from contrastive_ablations.foundation.training import (CheckpointMismatchError, DivergedError, TrainResult, accuracy, fit, load_checkpoint,
                                             save_checkpoint)
 
 HAVE_DEBIAN_FASHION = (D.FASHION_MNIST_SYSTEM_DIR/'t10k-images-idx3-ubyte.gz').is_file()

@@ -9,9 +9,9 @@ import yaml
 hypothesis = pytest.importorskip('hypothesis')
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from contrastive_ablations import plans as P
-from contrastive_ablations import sweep as S
-from contrastive_ablations.core import ParameterError, validate_params
+from contrastive_ablations.engine import plans as P
+from contrastive_ablations.engine import sweep as S
+from contrastive_ablations.foundation.core import ParameterError, validate_params
 from test_sweep import TOY, registry   # noqa: F401 (registry: the toy experiment, registered for each test)
 
 FUZZ = settings(max_examples=120, deadline=2000, database=None, derandomize=True,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from contrastive_ablations import plans as P
-from contrastive_ablations import sweep as S
+from contrastive_ablations.engine import plans as P
+from contrastive_ablations.engine import sweep as S
+from contrastive_ablations.engine import execute as engine_execute, runs as engine_runs
 
 from test_sweep import ASSETS, ROOT, registry   # noqa: F401 (registry: the toy experiment, registered for each test)
 
@@ -58,7 +59,7 @@ def test_huge_numbers_and_counts(tmp_path, change, field, why):
 
 def test_markdown_plan_values_bounded(tmp_path):
     "Markdown plans do not pass through the YAML reader: validate_plan bounds their values too."
-    pytest.importorskip('contrastive_ablations.ickd')
+    pytest.importorskip('contrastive_ablations.methods.ickd.distill')
     words = ', '.join(str(i / 1e4) for i in range(2000))
     p = _plan(tmp_path, f'### A\n- **Ablated Part**: margin threshold\n- **Action**: REPLACE\n- **Replacement**: {words}\n'
                         '- **Metrics**: top-1 accuracy\n', 'plan.md')
@@ -66,10 +67,10 @@ def test_markdown_plan_values_bounded(tmp_path):
 
 
 def test_param_check_overflow():
-    from contrastive_ablations.core import Param, ParameterError
+    from contrastive_ablations.foundation.core import Param, ParameterError
     for kind, v in [(float, 10**400), (int, 10**400), (int, float('inf'))]:
         with pytest.raises(ParameterError, match="'x' = .* is out of range"): Param(kind, 0).check('x', v)
-    from contrastive_ablations.experiments import EXPERIMENTS
+    from contrastive_ablations.foundation.experiments import EXPERIMENTS
     with pytest.raises(ParameterError, match="'seed'"): EXPERIMENTS['ickd'].knobs['seed'].check('seed', 2**64)
 
 
@@ -108,7 +109,7 @@ def test_wrong_shape_result_is_redone(tmp_path, content):
 
 def test_empty_or_corrupt_checkpoint_named(tmp_path):
     import torch
-    from contrastive_ablations.training import load_checkpoint, CheckpointMismatchError
+    from contrastive_ablations.foundation.training import load_checkpoint, CheckpointMismatchError
     for name, data in [('empty.pt', b''), ('text.pt', b'not a checkpoint'), ('cut.pt', None)]:
         p = tmp_path/name
         if data is None:
@@ -120,7 +121,7 @@ def test_empty_or_corrupt_checkpoint_named(tmp_path):
 
 def test_corrupt_extractor_cache(monkeypatch, tmp_path):
     "Damaged FID-extractor metadata is named by path, and the cache retrains it instead of crashing."
-    cm = pytest.importorskip('contrastive_ablations.clel_metrics')
+    cm = pytest.importorskip('contrastive_ablations.methods.clel.metrics')
     pt = tmp_path/'x.pt'; pt.write_bytes(b'weights')
     for bad in ['{"weights_sha256": ', '[]', '{"widths": [4, 8]}']:
         pt.with_suffix('.json').write_text(bad)
@@ -147,8 +148,8 @@ def test_study_name_with_newline_or_too_long(tmp_path, capsys):
 
 
 def test_long_labels_make_short_run_ids():
-    rid = S.make_run_id('mode=' + 'b' * 400, 0, {'mode': 'b' * 400})
-    assert len(rid) < 120 and rid != S.make_run_id('mode=' + 'b' * 401, 0, {'mode': 'b' * 401})
+    rid = engine_runs.make_run_id('mode=' + 'b' * 400, 0, {'mode': 'b' * 400})
+    assert len(rid) < 120 and rid != engine_runs.make_run_id('mode=' + 'b' * 401, 0, {'mode': 'b' * 401})
 
 
 # ---- silently wrong input -------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ def test_workers_zero_is_an_error(tmp_path, capsys, workers):
 # ---- late failures -------------------------------------------------------------------------------------
 
 def test_unwritable_out_refused_before_any_run(tmp_path, capsys):
-    from contrastive_ablations.safeio import check_writable, OutputError
+    from contrastive_ablations.foundation.safeio import check_writable, OutputError
     (tmp_path/'file').write_text('x')
     rc = S.cli_sweep([ASSETS/'plans'/'toy_x.yaml', '--profile', 'smoke', '--out', tmp_path/'file'/'runs'])
     err = capsys.readouterr().err
@@ -201,7 +202,7 @@ def test_template_checks_out_dir_before_training(tmp_path):
 
 def test_divergence_at_any_magnitude():
     "lam = 1e308 makes the teacher's loss infinite at the first step: status 'diverged', the metrics that exist."
-    ickd = pytest.importorskip('contrastive_ablations.ickd')
+    ickd = pytest.importorskip('contrastive_ablations.methods.ickd.distill')
     try: metrics, curves, extras = ickd.run_experiment(progress=False, lam=1e308, profile='smoke', dataset='fashion_mnist')
     except FileNotFoundError as e: pytest.skip(f'Fashion-MNIST not available: {e}')
     assert metrics['status'] == 'diverged' and 'teacher' in extras['message']
@@ -210,8 +211,8 @@ def test_divergence_at_any_magnitude():
 
 def test_role_curves_of_a_run_that_logged_nothing():
     import pandas as pd
-    ickd = pytest.importorskip('contrastive_ablations.ickd')
-    from contrastive_ablations.training import TrainResult
+    ickd = pytest.importorskip('contrastive_ablations.methods.ickd.distill')
+    from contrastive_ablations.foundation.training import TrainResult
     c = ickd.role_curves('teacher', TrainResult(pd.DataFrame(), pd.DataFrame(), 'diverged', 'nan', 0.0), 10)
     assert list(c.columns) == ickd.CURVE_COLUMNS and len(c) == 0
 
@@ -237,9 +238,9 @@ def test_full_or_read_only_disk_stops_with_summary(tmp_path, capsys, monkeypatch
 
 
 def test_disk_errors_in_a_worker_stop_the_sweep():
-    spec = S.RunSpec('s', 'r', 'control', 'l', 'x', 1, 0, 'nb', {}, '/tmp/x')
-    with pytest.raises(OSError): S._failed(spec, OSError(errno.ENOSPC, 'No space left on device'))
-    assert S._failed(spec, RuntimeError('boom'))['status'] == 'failed'
+    spec = engine_runs.RunSpec('s', 'r', 'control', 'l', 'x', 1, 0, 'nb', {}, '/tmp/x')
+    with pytest.raises(OSError): engine_execute.failure_record(spec, OSError(errno.ENOSPC, 'No space left on device'))
+    assert engine_execute.failure_record(spec, RuntimeError('boom'))['status'] == 'failed'
 
 
 # ---- values at the boundary ----------------------------------------------------------------------------
@@ -274,8 +275,8 @@ def test_text_that_is_not_utf8_refused_naming_the_field(tmp_path, where, field):
 
 
 def test_lone_surrogate_in_a_parameter_named():
-    from contrastive_ablations.core import ParameterError
-    from contrastive_ablations.experiments import ICKD
+    from contrastive_ablations.foundation.core import ParameterError
+    from contrastive_ablations.methods.ickd.spec import ICKD
     with pytest.raises(ParameterError, match=r"parameter 'teacher_arch' = 'x\\ud800' is not valid text"):
         ICKD.validate({'teacher_arch': 'x\ud800'})
 
@@ -294,7 +295,7 @@ def test_scientific_notation_reads_as_numbers(tmp_path):
 @pytest.mark.parametrize('label', ['.hidden', '..', '...', '_private', '-.-', '!!!'])
 def test_labels_become_visible_folders_and_their_runs_are_reported(tmp_path, label):
     "A baseline label that slugs to a hidden or empty name gets a visible folder; its finished runs are in the study."
-    from contrastive_ablations.rundata import load_study
+    from contrastive_ablations.engine.rundata import load_study
     text = TOY_X.replace('label: no flag', f'label: {json.dumps(label)}').replace('values: [0.1, 0.5]', 'values: [0.5]')
     plans = P.load_plans(_plan(tmp_path, text), profile='smoke', seeds=1)
     runs = S.expand_runs(plans, 'smoke', tmp_path/'runs')
@@ -306,15 +307,15 @@ def test_labels_become_visible_folders_and_their_runs_are_reported(tmp_path, lab
 
 
 def test_slugs_of_distinct_hidden_labels_do_not_collide():
-    ids = {S.make_run_id(l, 0, {'flag': f}) for l, f in (('.a', True), ('a', False), ('..', True), ('...', False))}
+    ids = {engine_runs.make_run_id(l, 0, {'flag': f}) for l, f in (('.a', True), ('a', False), ('..', True), ('...', False))}
     assert len(ids) == 4 and not any(i.startswith('.') for i in ids)
 
 
 def test_params_json_that_disagrees_with_the_run_is_invalid_and_redone(tmp_path):
     "A run folder whose params.json is not the run its name says is reported invalid (never a value of the study) and redone."
     import shutil
-    from contrastive_ablations.rundata import load_study
-    from contrastive_ablations.report import format_report
+    from contrastive_ablations.engine.rundata import load_study
+    from contrastive_ablations.engine.report import format_report
     plans = P.load_plans(ASSETS/'plans'/'toy_x.yaml', profile='smoke', seeds=1)
     out = tmp_path/'runs'
     res = S.sweep(plans, out=out, profile='smoke', workers=1, stream=open(os.devnull, 'w'))
@@ -374,7 +375,7 @@ def test_a_failing_rerun_of_a_damaged_folder_writes_the_error_it_points_to(tmp_p
 # ---- report --csv: unwritable paths refused with a message ---------------------------------------------
 
 def _report_csv(tmp_path, capsys, target):
-    from contrastive_ablations.report import cli_report
+    from contrastive_ablations.engine.report import cli_report
     from fixtures import write_study
     if not (tmp_path/'runs').exists(): write_study(tmp_path/'runs', 'ickd_margin', seeds=2)
     rc = cli_report([str(tmp_path/'runs'), '--csv', str(target)])
@@ -395,7 +396,7 @@ def test_report_csv_to_an_unusable_path(tmp_path, capsys, kind):
 @pytest.mark.parametrize('err_no,why', [(errno.EROFS, 'read-only file system'), (errno.ENOSPC, 'no space left')])
 def test_report_csv_on_a_read_only_or_full_disk(tmp_path, capsys, monkeypatch, err_no, why):
     import tempfile
-    from contrastive_ablations import core
+    from contrastive_ablations.foundation import core
     from fixtures import write_study
     write_study(tmp_path/'runs', 'ickd_margin', seeds=2)
     real = tempfile.mkstemp
@@ -418,9 +419,10 @@ def test_a_named_pipe_in_a_run_folder_never_hangs(tmp_path):
     code = f'''
 import os
 from pathlib import Path
-from contrastive_ablations.core import write_run_outputs
-from contrastive_ablations.rundata import load_study
-from contrastive_ablations import sweep as S
+from contrastive_ablations.foundation.core import write_run_outputs
+from contrastive_ablations.engine.rundata import load_study
+from contrastive_ablations.engine import sweep as S
+from contrastive_ablations.engine import execute as engine_execute, runs as engine_runs
 root = Path({str(tmp_path)!r})/'st'
 for i, name in enumerate(['metrics.json', 'params.json', 'run_info.json']):
     d = root/f'delta=0.{{i + 1}}-seed=0'
@@ -429,8 +431,8 @@ for i, name in enumerate(['metrics.json', 'params.json', 'run_info.json']):
 st = load_study(root)
 bad = st.runs[st.runs.status == 'invalid']
 assert len(bad) == 2 and bad.error.str.contains('is not a file').all(), st.runs
-assert S._read(root/'delta=0.1-seed=0'/'metrics.json') is None
-aside = S.move_aside(root/'delta=0.3-seed=0')
+assert engine_runs.read_json_object(root/'delta=0.1-seed=0'/'metrics.json') is None
+aside = engine_execute.move_aside(root/'delta=0.3-seed=0')
 assert aside is not None and (aside/'run_info.json').is_fifo()
 print('ok')
 '''

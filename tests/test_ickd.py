@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from contrastive_ablations.core import ParameterError
-from contrastive_ablations.experiments import ICKD, template_problems
-from contrastive_ablations.data import DatasetNotFoundError, load_dataset
-from contrastive_ablations.networks import create_model
-from contrastive_ablations.sampler import frozen
-from contrastive_ablations.ickd import (CURVE_COLUMNS, profile_config, run_experiment, teacher_step_fn,
+from contrastive_ablations.foundation.core import ParameterError
+from contrastive_ablations.methods.ickd.spec import ICKD
+from contrastive_ablations.foundation.experiments import template_problems
+from contrastive_ablations.foundation.data import DatasetNotFoundError, load_dataset
+from contrastive_ablations.foundation.networks import create_model
+from contrastive_ablations.foundation.training import frozen
+from contrastive_ablations.methods.ickd.distill import (CURVE_COLUMNS, profile_config, run_experiment, teacher_step_fn,
                                         student_step_fn, make_criterion)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / 'tests' / 'assets' / 'toy_experiment.ipynb'
 
 SPEC = f'''"""A method shipped by another package: the toy template under the name 'plugged'."""
-from contrastive_ablations.experiments import Experiment, Metric, Part
+from contrastive_ablations.foundation.experiments import Experiment, Metric, Part
 from toy_experiment import PARAMS as KNOBS   # the toy's knobs (tests/assets)
 
 PLUGGED = Experiment('plugged', {str(TOY)!r}, 'a plugged-in toy', KNOBS,
@@ -43,7 +43,7 @@ def py(env, code, **kw):
 
 def test_an_installed_package_adds_an_experiment_every_process_finds(tmp_path):
     env = install_plugin(tmp_path / 'site', '[contrastive_ablations.experiments]\nplugged = plugged_method:PLUGGED\n')
-    r = py(env, 'from contrastive_ablations.experiments import EXPERIMENTS, METRIC_ALIASES; '
+    r = py(env, 'from contrastive_ablations.foundation.experiments import EXPERIMENTS, METRIC_ALIASES; '
                 'print(sorted(EXPERIMENTS), METRIC_ALIASES["toy accuracy"])')
     assert r.returncode == 0 and r.stdout.split('\n')[0] == "['clel', 'ickd', 'plugged'] top1", r.stderr
     plan = tmp_path / 'plugged_x.yaml'
@@ -56,7 +56,7 @@ def test_an_installed_package_adds_an_experiment_every_process_finds(tmp_path):
     rep = subprocess.run([sys.executable, '-m', 'contrastive_ablations', 'report', str(out)], env=env,
                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert rep.returncode == 0 and 'plugged_x' in rep.stdout and 'toy accuracy' in rep.stdout, rep.stdout + rep.stderr
-    st = py(env, f'from contrastive_ablations.rundata import load_study; s = load_study({str(out / "plugged_x")!r}); '
+    st = py(env, f'from contrastive_ablations.engine.rundata import load_study; s = load_study({str(out / "plugged_x")!r}); '
                  'print(s.experiment.name, len(s.runs))')
     assert st.returncode == 0 and st.stdout.split() == ['plugged', '4'], st.stdout + st.stderr
     # without the package, the same runs are of an experiment nobody declares: the plan is refused by name
@@ -72,6 +72,6 @@ def test_an_installed_package_adds_an_experiment_every_process_finds(tmp_path):
                                         ('ickd = plugged_method:PLUGGED', "names the experiment 'plugged'")])
 def test_a_broken_plugin_is_reported_and_left_out(tmp_path, entry, why):
     env = install_plugin(tmp_path / 'site', f'[contrastive_ablations.experiments]\n{entry}\n')
-    r = py(env, 'from contrastive_ablations.experiments import EXPERIMENTS; print(sorted(EXPERIMENTS))')
+    r = py(env, 'from contrastive_ablations.foundation.experiments import EXPERIMENTS; print(sorted(EXPERIMENTS))')
     assert r.returncode == 0 and r.stdout.strip() == "['clel', 'ickd']", r.stdout + r.stderr
     assert why in r.stderr, r.stderr

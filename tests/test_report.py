@@ -19,11 +19,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from contrastive_ablations.report import (
+from contrastive_ablations.engine.report import (
     cli_report, comparison_tables, format_report, report_study, resolve_runs_dir, seeds_sentence, study_finding,
     summary_csv, summary_tables, headline_metrics)
-from contrastive_ablations.rundata import load_study
-from contrastive_ablations.seedstats import compare_samples, compare_with_control, seed_stats, summarize
+from contrastive_ablations.engine.rundata import load_study
+from contrastive_ablations.engine.seedstats import compare_samples, compare_with_control, seed_stats, summarize
 from fixtures import ROOT, write_study
 
 
@@ -161,7 +161,7 @@ def test_markup_is_escaped(tmp_path):
     page = page_text(st, run_url=lambda s, r: f'../runs/{s}/{r}.html?"><script>')
     assert '<script>' not in page and '&lt;script&gt;' in page
     shown = []
-    from contrastive_ablations.report import report_overview
+    from contrastive_ablations.engine.report import report_overview
     report_overview(tmp_path, display_fn=shown.append)
     assert '<script>' not in shown[-1].data and '&lt;script&gt;' in shown[-1].data
     empty = tmp_path / 'runs' / evil.replace('/', '_')   # a study folder named with markup, no runs yet
@@ -215,8 +215,10 @@ def test_reading_and_reporting_do_not_import_torch(tmp_path):
 def test_changed_recipe_makes_new_runs_and_the_report_never_mixes_them(tmp_path, monkeypatch):
     "A changed profile value gives new run folders (the old ones stay); the study compares one recipe and names what it left out."
     import os
-    from contrastive_ablations import plans as P, sweep as S
-    from contrastive_ablations.report import format_report, provenance_sentence
+    from contrastive_ablations.engine import plans as P
+    from contrastive_ablations.engine import sweep as S
+    from contrastive_ablations.engine import runs as engine_runs
+    from contrastive_ablations.engine.report import format_report, provenance_sentence
     from test_sweep import PLANS, TOY
     saved = dict(P.EXPERIMENTS)
     exp = TOY.register()
@@ -247,7 +249,7 @@ def test_changed_recipe_makes_new_runs_and_the_report_never_mixes_them(tmp_path,
         for r in first.runs:   # as the suite wrote them before: no recipe in the folder name's hash or in run_info.json
             f = Path(r.run_dir)/'run_info.json'
             i = json.loads(f.read_text()); i.pop('recipe_hash'); f.write_text(json.dumps(i))
-            old.add(S.make_run_id(r.label, r.seed, r.identity)); os.rename(r.run_dir, out/'toy_x'/S.make_run_id(r.label, r.seed, r.identity))
+            old.add(engine_runs.make_run_id(r.label, r.seed, r.identity)); os.rename(r.run_dir, out/'toy_x'/engine_runs.make_run_id(r.label, r.seed, r.identity))
         st = load_study(out/'toy_x')
         assert set(st.runs.run_id) == new and sorted(r['run_id'] for r in st.left_out) == sorted(old)
         assert all('recipe unknown' in r['why'] for r in st.left_out), st.left_out

@@ -2,9 +2,9 @@
 
 A smoke-profile sweep of the four plans runs first (conftest's `smoke_runs`, or $CONTRASTIVE_ABLATIONS_TEST_RUNS names
 a runs directory to use instead, e.g. `runs/smoke` from `make smoke`). The site is built from it with three lessons executed
-completely, slow cells included: 11_ickd (its slow cell reads the sweep's runs), 20_ebm (mostly formulas) and
-40_report. Chromium opens the pages with every host name unresolvable, so nothing can come from the network,
-and the checks read the DOM after JavaScript ran: formulas rendered by KaTeX, the figure of 11_ickd's slow
+completely, slow cells included: 12_ickd (its slow cell reads the sweep's runs), 21_ebm (mostly formulas) and
+44_report. Chromium opens the pages with every host name unresolvable, so nothing can come from the network,
+and the checks read the DOM after JavaScript ran: formulas rendered by KaTeX, the figure of 12_ickd's slow
 cell, a figure on a run page, the smoke banner of the results pages, no load from another host. A second
 build from the same cache must execute nothing. Screenshots go to test-artifacts/site/ (look at them: they
 are the test's evidence).
@@ -20,15 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from contrastive_ablations.report import find_studies
-from contrastive_ablations.site import build_site, renderer_available, find_katex, MARKER
+from contrastive_ablations.engine.report import find_studies
+from contrastive_ablations.engine.site import build_site, renderer_available, find_katex, MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / 'test-artifacts' / 'site'
 CHROMIUM = shutil.which('chromium') or shutil.which('chromium-browser') or (
     '/usr/bin/chromium' if Path('/usr/bin/chromium').exists() else None)
 STUDIES = ('ickd_margin', 'ickd_balance', 'clel_framework', 'clel_norm_direction')
-LESSONS = ['11_ickd.ipynb', '20_ebm.ipynb', '40_report.ipynb']
+LESSONS = ['12_ickd.ipynb', '21_ebm.ipynb', '44_report.ipynb']   # names: found in their part folders
+LESSON_PAGES = ['methods/ickd/12_ickd', 'methods/clel/21_ebm', 'engine/44_report']
 
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason='headless Chromium not installed '
                                    '(Debian: apt-get install chromium, or `make browser`)')
@@ -136,8 +137,8 @@ def test_build_report(site):
     assert report['renderer'] in ('quarto', 'smalldocs') and (out / MARKER).is_file()
     assert 'index.html' in report['pages'] and 'results/index.html' in report['pages']
     for s in STUDIES: assert f'results/{s}.html' in report['pages']
-    assert sorted(report['executed']) == sorted([l[:-6] for l in LESSONS] + [f'results/{s}' for s in (*STUDIES, 'index')])
-    mine = [e for e in report['errors'] if e.startswith(('results/', '11_ickd', '20_ebm', '40_report'))]
+    assert sorted(report['executed']) == sorted(LESSON_PAGES + [f'results/{s}' for s in (*STUDIES, 'index')])
+    mine = [e for e in report['errors'] if e.startswith(('results/', *LESSON_PAGES))]
     assert not mine, f'the executed lessons and the results pages must run without errors: {mine}'
 
 
@@ -167,9 +168,9 @@ def test_no_page_loads_from_another_host(site):
 def test_math_is_rendered(site):
     out, _, _ = site
     assert (out / 'site_libs' / 'katex' / 'katex.min.js').is_file()
-    page = open_page(out, '20_ebm.html', 'lesson_20_ebm_math', height=2400)
-    assert page.katex >= 10, f'KaTeX rendered {page.katex} formulas on 20_ebm'
-    src = (out / '20_ebm.html').read_text(encoding='utf-8')
+    page = open_page(out, 'methods/clel/21_ebm.html', 'lesson_20_ebm_math', height=2400)
+    assert page.katex >= 10, f'KaTeX rendered {page.katex} formulas on 21_ebm'
+    src = (out / 'methods' / 'clel' / '21_ebm.html').read_text(encoding='utf-8')
     assert page.katex >= src.count('\\(') // 2, 'most inline formulas of the page are rendered'
 
 
@@ -177,7 +178,7 @@ def test_math_is_rendered(site):
 @needs_renderer
 def test_ickd_demonstration_has_its_figure(site):
     out, _, _ = site
-    page = open_page(out, '11_ickd.html', 'lesson_11_ickd', height=9000)
+    page = open_page(out, 'methods/ickd/12_ickd.html', 'lesson_11_ickd', height=9000)
     heads = page.heads()
     assert 'Enriched versus vanilla teacher' in heads, heads
     figs = page.figures(after='Enriched versus vanilla teacher', before='Try this' if 'Try this' in heads else None)
@@ -283,9 +284,9 @@ import sys
 
 import nbformat
 
-import contrastive_ablations.site as site_mod
-from contrastive_ablations.cache import entries as cache_entries
-from contrastive_ablations.site import cli_site
+import contrastive_ablations.engine.site as site_mod
+from contrastive_ablations.foundation.cache import entries as cache_entries
+from contrastive_ablations.engine.site import cli_site
 
 GOOD = 'print("good lesson ran")'
 
@@ -445,7 +446,7 @@ def test_failed_build_leaves_the_old_site_byte_identical(tmp_path, private_cache
 def test_runs_parquet_beside_pages(site, runs_dir):
     "The site has every run of every study as results/runs.parquet (one row per study, value, seed and metric)."
     import pandas as pd
-    from contrastive_ablations.rundata import load_study
+    from contrastive_ablations.engine.rundata import load_study
     out, report, _ = site
     t = pd.read_parquet(out/'results'/'runs.parquet')
     assert report['runs_table'] == 'results/runs.parquet'

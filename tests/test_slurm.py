@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from submitit.core.utils import pickle_load
 
-from contrastive_ablations import plans as P
-from contrastive_ablations import sweep as S
+from contrastive_ablations.engine import plans as P
+from contrastive_ablations.engine import sweep as S
+from contrastive_ablations.engine import runs as engine_runs
 from test_sweep import (PLANS, _cli, _real, _sweep_until_one_more_done, _wait_for, check_real_run_dir, check_run_dir,
                         registry)   # noqa: F401 (registry: the toy experiment, registered for each test)
 
@@ -118,7 +119,7 @@ def test_failed_cancelled_timed_out_and_requeued_jobs(cluster, tmp_path, capsys)
     proc = _cli('sweep', plan, '--profile', 'smoke', '--out', out, '--time', '1', *SLURM)
     try:
         # scancel the 30 s run once its notebook runs; requeue the control's finished job
-        assert _wait_for(lambda: (Path(cancelled.run_dir)/S.PARTIAL).exists(), 60, proc), proc.communicate()
+        assert _wait_for(lambda: (Path(cancelled.run_dir)/engine_runs.PARTIAL).exists(), 60, proc), proc.communicate()
         array = next(l for l in cluster.run('squeue', '-h', '-o', '%i %j').split() if '_' in l).split('_')[0]
         time.sleep(2)
         cluster.run('scancel', f'{array}_1')
@@ -144,12 +145,13 @@ def test_failed_cancelled_timed_out_and_requeued_jobs(cluster, tmp_path, capsys)
     assert 'time limit (--time 1 min); run the sweep again with a longer --time' in line, line   # warned by SIGUSR2, or killed
     for r, why in ((cancelled, 'was cancelled'), (too_long, 'time limit')):
         d = Path(r.run_dir)
-        assert why in (d/'error.txt').read_text() and (d/'run.ipynb').exists() and not (d/S.PARTIAL).exists()
+        assert why in (d/'error.txt').read_text() and (d/'run.ipynb').exists() and not (d/engine_runs.PARTIAL).exists()
         assert S.run_state(r) == 'failed'
     # the requeued job ran again and found its run finished
     assert _wait_for(lambda: _task(cluster, f'{array}_0')['JobState'] == 'COMPLETED', 60)
     assert _task(cluster, f'{array}_0')['Restarts'] == '1'
-    assert pickle_load(out/'.submitit'/f'{array}_0'/f'{array}_0_0_result.pkl')[1]['status'] == 'skipped'
+    res = pickle_load(out/'.submitit'/f'{array}_0'/f'{array}_0_0_result.pkl')[1]
+    assert res['status'] == 'done' and res['executed'] is False   # finished before: not run again
     assert os.stat(Path(control.run_dir)/'metrics.json').st_mtime_ns == done_at, 'the requeued job recomputed a finished run'
     check_run_dir(control)
     # the rerun, with a longer limit, completes the cancelled and the timed-out runs
@@ -179,3 +181,16 @@ def test_interrupt_while_queued_and_resume(cluster, tmp_path):
     assert f'({len(done)} finished before, {left} to run)' in stdout and f': {left} run(s), at most {left} at once' in stdout, stdout
     for r in runs: check_run_dir(r)
     for r in done: assert os.stat(Path(r.run_dir)/'metrics.json').st_mtime_ns == mtimes[r.run_id], 'a finished run was recomputed'
+
+
+def test_example_method_through_slurm(cluster, tmp_path):
+    "A method from another installed package runs through the Slurm executor: its jobs find it through its entry point."
+    import subprocess
+    from fixtures import install_example
+    env = {**install_example(tmp_path/'site'), 'SLURM_CONF': str(cluster.conf)}
+    plan, out = tmp_path/'site'/'label_smoothing'/'plans'/'label_smoothing.yaml', tmp_path/'runs'
+    r = subprocess.run([sys.executable, '-m', 'contrastive_ablations', 'sweep', str(plan), '--profile', 'smoke', '--seeds', '1',
+                        '--out', str(out), *SLURM], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    done = [json.loads((d/'run_info.json').read_text()) for d in sorted((out/'label_smoothing').glob('*_seed=*'))]
+    assert len(done) == 4 and all(i['status'] == 'done' and i.get('slurm_job') for i in done), done

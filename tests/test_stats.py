@@ -19,12 +19,12 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
-from contrastive_ablations.figures import plot_differences, plot_metric_rows, plot_metrics, study_figures
-from contrastive_ablations.report import (cli_report, comparison_tables, family_table, format_report, headline_metrics,
+from contrastive_ablations.engine.figures import plot_differences, plot_metric_rows, plot_metrics, study_figures
+from contrastive_ablations.engine.report import (cli_report, comparison_tables, family_table, format_report, headline_metrics,
                                           metric_verdict, report_study, seeds_csv, seeds_sentences, study_finding,
                                           summary_csv, verdicts)
-from contrastive_ablations.rundata import load_study
-from contrastive_ablations.seedstats import paired_differences, pooled_paired_sd, seeds_needed, seeds_plan
+from contrastive_ablations.engine.rundata import load_study
+from contrastive_ablations.engine.seedstats import paired_differences, pooled_paired_sd, seeds_needed, seeds_plan
 from fixtures import write_study
 
 
@@ -172,8 +172,8 @@ def test_page_opens_with_verdicts_and_the_forest_plot(tmp_path):
 def test_paired_runs_share_initial_weights_and_batches(monkeypatch):
     "Common random numbers: for the same seed, two values of δ (and of λ) start from the same weights and see the same batches."
     import torch
-    from contrastive_ablations import ickd
-    from contrastive_ablations.experiments import ICKD
+    from contrastive_ablations.methods.ickd import distill as ickd
+    from contrastive_ablations.methods.ickd.spec import ICKD
 
     class Stop(Exception): pass
     seen = {}
@@ -220,7 +220,8 @@ def test_paired_runs_share_initial_weights_and_batches(monkeypatch):
 
 def test_sweep_target_adds_exactly_the_missing_seeds(tmp_path):
     "`sweep --target-diff METRIC=DIFF`: the seeds the report says are needed, the existing ones kept, within --budget-hours."
-    from contrastive_ablations.sweep import expand_runs, plans_for_target
+    from contrastive_ablations.engine.runs import expand_runs
+    from contrastive_ablations.engine.sweep import plans_for_target
     from fixtures import ROOT
     out = tmp_path / 'runs'
     d = write_study(out, 'ickd_margin', seeds=3, broken=False)

@@ -6,8 +6,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from contrastive_ablations import plans as P
-from contrastive_ablations import sweep as S
+from contrastive_ablations.engine import plans as P
+from contrastive_ablations.engine import sweep as S
+from contrastive_ablations.engine import execute as engine_execute, runs as engine_runs, timing as engine_timing
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT/'tests'/'assets'
@@ -39,12 +40,12 @@ def _cli(*args, env_extra=None, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def check_run_dir(run: S.RunSpec):
+def check_run_dir(run: engine_runs.RunSpec):
     "Every file of a finished run is there and says what the sweep asked for."
     d = Path(run.run_dir)
     for f in RUN_FILES: assert (d/f).exists(), f'{d}: missing {f}'
     assert not (d/'error.txt').exists()
-    assert S.params_mismatch(run.params, json.loads((d/'params.json').read_text())) == []
+    assert engine_runs.params_mismatch(run.params, json.loads((d/'params.json').read_text())) == []
     m = json.loads((d/'metrics.json').read_text())
     assert m['status'] in ('ok', 'diverged') and 'wall_time_s' in m
     nb = nbformat.read(d/'run.ipynb', as_version=4)
@@ -116,7 +117,7 @@ def test_values_reach_the_notebook_as_literals(tmp_path):
     plan = P.Plan('toy_lit', 'toy', 'mode', ['b'], 'a', ['top1'], [0], fixed={'device': evil}, source='test')
     plan = P.validate_plan(plan, 'smoke')
     run = S.expand_runs([plan], 'smoke', tmp_path)[0]
-    info = S.execute_run(run, threads=1)
+    info = engine_execute.execute_run(run, threads=1)
     assert info['status'] == 'done', info
     used = json.loads((Path(run.run_dir)/'params.json').read_text())
     assert used['device'] == evil and not (Path(run.run_dir)/'PWNED').exists() and not (ROOT/'PWNED').exists()
@@ -187,7 +188,7 @@ def test_lost_parameters_tag(tmp_path, capsys):
     # the check after every run: execute the untagged notebook anyway (bypassing the pre-check)
     plan = P.load_plans(plan_file, profile='smoke', seeds=1)[0]
     run = [r for r in S.expand_runs([plan], 'smoke', tmp_path/'runs') if r.params['x'] == 0.1][0]
-    info = S.execute_run(run, threads=1)
+    info = engine_execute.execute_run(run, threads=1)
     d = Path(run.run_dir)
     assert info['status'] == 'failed' and 'without writing params.json and metrics.json' in info['error']
     err = (d/'error.txt').read_text()
@@ -281,7 +282,7 @@ def test_lock(tmp_path, capsys):
     "Two sweeps into the same study directory at once: the second stops with a clear message."
     out = tmp_path/'runs'
     holder = subprocess.Popen([sys.executable, '-c',
-        'import sys, time; sys.path.insert(0, sys.argv[1]); from contrastive_ablations.sweep import StudyLock\n'
+        'import sys, time; sys.path.insert(0, sys.argv[1]); from contrastive_ablations.engine.records import StudyLock\n'
         'l = StudyLock(sys.argv[2]).acquire(); print("locked", flush=True); time.sleep(60)', str(ROOT), str(out/'toy_x')],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -295,7 +296,7 @@ def test_lock(tmp_path, capsys):
     with S.StudyLock(out/'toy_x'): pass   # released when its holder dies
 
 
-# ---- the real experiment notebooks (skipped until contrastive_ablations.ickd / .clel and ablation_nbs/ exist) ----
+# ---- the real experiment notebooks (skipped until contrastive_ablations.methods.ickd.distill / .clel and ablation_nbs/ exist) ----
 
 def _real(name):
     pytest.importorskip(f'contrastive_ablations.{name}')
@@ -312,7 +313,7 @@ def test_markdown_and_yaml_plans_agree():
     assert ids(md) == ids(ym) and len(ids(ym)) == 2 * (7 + 7 + 5 + 2)  # values + control + baselines
 
 
-def check_real_run_dir(run: S.RunSpec):
+def check_real_run_dir(run: engine_runs.RunSpec):
     "A finished run of a real experiment notebook: its files, and a metrics.json key for every metric of the experiment."
     check_run_dir(run)
     m = json.loads((Path(run.run_dir)/'metrics.json').read_text())
@@ -405,10 +406,10 @@ def test_bad_run_timeout_is_a_usage_error(tmp_path, capsys, bad):
 
 def test_prior_estimate_scales_with_the_experiments_cost_factors(tmp_path):
     "Before a run like it has finished, a run is expected to take PRIOR_S of its profile times its experiment's cost_factors."
-    from contrastive_ablations.experiments import ICKD
+    from contrastive_ablations.methods.ickd.spec import ICKD
     assert ICKD.cost_factors == {'with_controls': 3}
     nb = str(ICKD.notebook_path())
-    runs = [S.RunSpec('s', f'r{i}', 'ablation', f'x={i}', 'x', i, 0, nb, {'profile': 'smoke', 'with_controls': wc}, str(tmp_path/f'r{i}'))
+    runs = [engine_runs.RunSpec('s', f'r{i}', 'ablation', f'x={i}', 'x', i, 0, nb, {'profile': 'smoke', 'with_controls': wc}, str(tmp_path/f'r{i}'))
             for i, wc in enumerate((False, True))]
-    toy = S.RunSpec('t', 'r9', 'ablation', 'x=9', 'x', 9, 0, str(ASSETS/'toy_experiment.ipynb'), {'profile': 'smoke'}, str(tmp_path/'r9'))
-    assert S.estimate_seconds([*runs, toy], tmp_path) == {'r0': S.PRIOR_S['smoke'], 'r1': 3 * S.PRIOR_S['smoke'], 'r9': S.PRIOR_S['smoke']}
+    toy = engine_runs.RunSpec('t', 'r9', 'ablation', 'x=9', 'x', 9, 0, str(ASSETS/'toy_experiment.ipynb'), {'profile': 'smoke'}, str(tmp_path/'r9'))
+    assert S.estimate_seconds([*runs, toy], tmp_path) == {'r0': engine_timing.PRIOR_S['smoke'], 'r1': 3 * engine_timing.PRIOR_S['smoke'], 'r9': engine_timing.PRIOR_S['smoke']}

@@ -1,5 +1,5 @@
 """Parameter declarations of the toy experiment notebook `toy_experiment.ipynb` (test fixture for the sweep engine)."""
-from contrastive_ablations.core import Param, PROFILES
+from contrastive_ablations.foundation.core import Param, PROFILES
 
 PARAMS = dict(
     x=Param(float, 0.3, lo=0, hi=1, doc='the ablated knob'),
@@ -16,8 +16,8 @@ PARAMS = dict(
 def register():
     "Make the toy notebook a registered experiment named 'toy' (plans may then name `notebook: toy`)."
     from pathlib import Path
-    from contrastive_ablations.plans import register_experiment
-    from contrastive_ablations.experiments import Metric
+    from contrastive_ablations.engine.plans import register_experiment
+    from contrastive_ablations.foundation.experiments import Metric
     return register_experiment('toy', Path(__file__).resolve().parent/'toy_experiment.ipynb', PARAMS,
                                (Metric('toy_top1', 'toy accuracy', '%', 0, 100, True, family='top1'),
                                 Metric('toy_loss_volatility', 'toy loss volatility', '', 0, None, False, family='stability'),
