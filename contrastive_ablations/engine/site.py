@@ -551,7 +551,7 @@ def _copy_sources(root: Path, build: Path, runs_dir: Path, fresh: bool) -> Path:
     _write_sidebar(nbs/'_quarto.yml', lesson_sections(root, nbs), names)
     return nbs
 
-PART_TITLES = {'foundation': 'Foundations', 'methods': 'Methods', 'engine': 'Sweeps, reports and this site'}   # nbs/ folders, in reading order
+PART_TITLES = {'foundation': 'Foundations', 'methods': None, 'engine': 'Sweeps, reports and this site'}   # nbs/ folders, in reading order (methods: a section each)
 
 def lesson_sections(root: Path, nbs: Path) -> list:
     "The sidebar's lesson sections: the foundation, one per installed method (its lessons, copied in when another package ships them), then the engine."
@@ -568,6 +568,7 @@ def lesson_sections(root: Path, nbs: Path) -> list:
             pages.append(rel.as_posix())
         claimed |= set(pages)
         if pages: methods.append({'section': exp.title[:1].upper() + exp.title[1:], 'contents': pages})
+    methods.sort(key=lambda sec: Path(sec['contents'][0]).name)   # in the order of their lessons' numbers
     out = []
     for part, title in PART_TITLES.items():
         rest = sorted(p.relative_to(nbs).as_posix() for p in (nbs/part).rglob('*.ipynb')) if (nbs/part).is_dir() else []
