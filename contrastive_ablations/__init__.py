@@ -11,7 +11,7 @@ import importlib, importlib.abc, importlib.util, sys, types, warnings
 
 MOVED = {  # module name in the flat layout -> the modules its names are in now (the first: where most of them went)
     'core': ('foundation.core',), 'safeio': ('foundation.safeio',), 'cache': ('foundation.cache',),
-    'data': ('foundation.data', 'methods.clel.train'), 'networks': ('foundation.networks',),
+    'data': ('foundation.data',), 'networks': ('foundation.networks',),
     'training': ('foundation.training',),
     'experiments': ('foundation.experiments', 'methods.ickd.spec', 'methods.clel.spec'),
     'ickd_losses': ('methods.ickd.losses',), 'ickd': ('methods.ickd.distill',),

@@ -61,7 +61,7 @@ def module_graph() -> dict:
     return {module_name(p): imports_of(p) for p in sorted(PACKAGE.rglob('*.py')) if p.name != '_modidx.py'}
 
 
-def test_the_import_walk_sees_every_kind_of_import(tmp_path):
+def test_the_import_walk_sees_every_kind_of_import():
     graph = module_graph()
     assert 'contrastive_ablations.foundation.core' in graph['contrastive_ablations.engine.runs']
     assert 'contrastive_ablations.methods.clel.sampler' in graph['contrastive_ablations.methods.clel.train']

@@ -599,7 +599,7 @@ def _execute_all(root, nbs, runs_dir, cache, report, say, execute_lessons, lesso
     pats = [lessons] if isinstance(lessons, str) else list(lessons or ['**/*.ipynb'])
     is_lesson = lambda p: p.suffix == '.ipynb' and p.relative_to(nbs).parts[0] not in ('results', '_proc')
     # a name or glob matches in nbs/ and in its part folders (`00_core.ipynb` is nbs/foundation/00_core.ipynb)
-    chosen = sorted({p for pat in pats for p in [*nbs.glob(pat), *nbs.glob(f'**/{pat}')] if is_lesson(p)})
+    chosen = sorted({p for pat in pats for p in nbs.glob(f'**/{pat}') if is_lesson(p)})
     if lessons and not chosen: raise ValueError(f"parameter 'lessons' = {lessons!r} matches no notebook in nbs/")
     jobs = [(p, None) for p in chosen if execute_lessons] + [(p, _results_inject(runs_dir)) for p in sorted((nbs/'results').glob('*.ipynb'))]
     skipped = []

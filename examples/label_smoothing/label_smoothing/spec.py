@@ -12,7 +12,7 @@ KNOBS = {
     **standard_knobs('runs/manual/label_smoothing'),   # seed, profile, dataset, out_dir, device, precision
 }
 
-PROFILES_ = {   # the values that differ from `train.LSConfig`'s defaults (the quick recipe)
+LS_PROFILES = {   # the values that differ from `train.LSConfig`'s defaults (the quick recipe)
     'smoke': dict(epochs=1, n_train=1024, n_test=512, batch_size=64),
     'quick': {},
     'paper': dict(epochs=15, n_train=None, n_test=None),
@@ -25,7 +25,7 @@ METRICS = (
     WALL_TIME)
 
 LABEL_SMOOTHING = Experiment(
-    'label_smoothing', str(HERE / 'template.ipynb'), 'label smoothing of a Fashion-MNIST classifier', KNOBS, PROFILES_,
+    'label_smoothing', str(HERE / 'template.ipynb'), 'label smoothing of a Fashion-MNIST classifier', KNOBS, LS_PROFILES,
     METRICS, families={'top1': 'top-1 accuracy (%)', 'calibration': 'calibration (ECE, NLL; lower is better)'},
     parts=(Part(('label smoothing', 'label smoothing ε', 'smoothing', 'epsilon', 'ε'), 'label_smoothing', 'epsilon', 0.1,
                 remove=0.0, fixed=FASHION),),
